@@ -1,0 +1,5 @@
+import sys
+
+from clbench.runners.cli import main
+
+sys.exit(main())

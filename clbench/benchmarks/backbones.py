@@ -1,0 +1,105 @@
+"""Reference backbones. Each has `features` (x → penultimate features, flattening inside) and `head`
+(nn.Linear to all output units), and forward = head(features(x)); strategies rely on both attributes (center loss
+reads the features, LwF/iCaRL-style methods touch the head), and `feature_dim` gives the width in between.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..errors import unknown_choice
+from .base import StreamSpec
+
+
+class Backbone(nn.Module):
+    """features → head; subclasses build the two parts."""
+
+    features: nn.Module
+    head: nn.Linear
+
+    @property
+    def feature_dim(self) -> int:
+        return self.head.in_features
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class MLP(Backbone):
+    """Fully connected ReLU network; the standard backbone of the (permuted/rotated/split) MNIST literature."""
+
+    def __init__(self, input_shape: Sequence[int], n_classes: int, hidden: Sequence[int] = (400, 400)):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = math.prod(input_shape)
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_classes)
+
+
+def _conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 conv-BN layers plus a (projected when the shape changes) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv3x3(c_in, c_out, stride),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+            _conv3x3(c_out, c_out),
+            nn.BatchNorm2d(c_out),
+        )
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+class ReducedResNet18(Backbone):
+    """The reduced ResNet-18 of GEM (Lopez-Paz & Ranzato 2017): BasicBlocks [2, 2, 2, 2] of widths nf, 2nf, 4nf, 8nf
+    (nf=20), BatchNorm, strides 1, 2, 2, 2, then average pooling.
+
+    GEM pools with a fixed 4x4 window, which assumes 32x32 inputs; adaptive pooling to 1x1 gives the same result there
+    and also accepts other sizes (e.g. 28x28 MNIST). features output: 8*nf.
+    """
+
+    def __init__(self, n_classes: int, in_channels: int = 3, nf: int = 20):
+        super().__init__()
+        layers: list[nn.Module] = [_conv3x3(in_channels, nf), nn.BatchNorm2d(nf), nn.ReLU()]
+        width = nf
+        for i, stride in enumerate((1, 2, 2, 2)):
+            out = nf * 2**i
+            layers += [BasicBlock(width, out, stride), BasicBlock(out, out)]
+            width = out
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(width, n_classes)
+
+
+BACKBONES = {
+    "mlp400": lambda spec: MLP(spec.input_shape, spec.n_classes, hidden=(400, 400)),
+    "mlp100": lambda spec: MLP(spec.input_shape, spec.n_classes, hidden=(100, 100)),
+    "resnet18-reduced": lambda spec: ReducedResNet18(spec.n_classes, in_channels=spec.input_shape[0]),
+}
+
+
+def build_backbone(spec: StreamSpec) -> Backbone:
+    """The reference backbone named by `spec.backbone`, sized for the stream's inputs and output units.
+
+    Parameters are initialised from torch's global RNG: seed it (torch.manual_seed) for reproducible weights.
+    """
+    if spec.backbone not in BACKBONES:
+        raise unknown_choice("backbone", spec.backbone, BACKBONES)
+    return BACKBONES[spec.backbone](spec)

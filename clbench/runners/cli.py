@@ -1,0 +1,289 @@
+"""The `clbench` command line: list, run, leaderboard, plot.
+
+Every piece of user input is checked before any training starts and before anything is written, so a bad value ends
+with one message naming it and the valid choices, exit code 2, no traceback and no output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import clbench
+from clbench.benchmarks import SCENARIOS, list_benchmarks, make_stream
+from clbench.errors import UsageError, unknown_choice
+from clbench.metrics import tables
+from clbench.strategies import TrainConfig, get_strategy, strategy_names
+from clbench.strategies.base import Strategy
+
+EXIT_USAGE = 2
+EXIT_RUN_FAILED = 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: same shape and exit code as ours
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clbench", description=clbench.__doc__)
+    parser.add_argument("--version", action="version", version=f"clbench {clbench.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("list", help="benchmarks (with scenarios) and strategies (with hyperparameters and defaults)")
+
+    run = sub.add_parser("run", help="train strategies through streams and record every accuracy")
+    run.add_argument("--benchmark", nargs="+", required=True, metavar="B", help="one or more named benchmarks")
+    run.add_argument("--scenario", nargs="+", required=True, metavar="S", help=f"one or more of {', '.join(SCENARIOS)}")
+    run.add_argument("--strategy", nargs="+", required=True, metavar="X",
+                     help="registered names or package.module:Class")
+    run.add_argument("--set", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=VALUE",
+                     help="hyperparameters as Python literals; prefix with a strategy name to target only it")
+    run.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N", help="training seeds (default: 0)")
+    run.add_argument("--stream-seed", type=int, default=0, help="seed of class order / permutations (default: 0)")
+    run.add_argument("--n-experiences", type=int, default=None, help="override the benchmark's number of experiences")
+    run.add_argument("--epochs", type=int, default=1)
+    run.add_argument("--batch-size", type=int, default=128)
+    run.add_argument("--lr", type=float, default=0.01)
+    run.add_argument("--momentum", type=float, default=0.0)
+    run.add_argument("--weight-decay", type=float, default=0.0)
+    run.add_argument("--optimizer", default="sgd", help="sgd or adam (default: sgd)")
+    run.add_argument("--eval-batch-size", type=int, default=2048)
+    run.add_argument("--train-subset", type=int, default=None, metavar="N", help="at most N train samples per exp.")
+    run.add_argument("--test-subset", type=int, default=None, metavar="N", help="at most N test samples per exp.")
+    run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    run.add_argument("--data-root", default=None, help="dataset folder (default: $CLBENCH_DATA or a user cache)")
+    run.add_argument("--download", action="store_true", help="download missing datasets through torchvision")
+    run.add_argument("--out", required=True, type=Path, help="output folder; existing tables are extended")
+    run.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    board = sub.add_parser("leaderboard", help="merge output folders into one leaderboard CSV")
+    board.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
+    board.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+
+    plot = sub.add_parser("plot", help="(re)draw the plots of an output folder into DIR/plots")
+    plot.add_argument("dir", type=Path, metavar="DIR")
+    return parser
+
+
+def parse_set_items(groups: list[list[str]], strategies: list[type[Strategy]]) -> dict[str, dict]:
+    """Turn `--set a=1 replay.mem_size=500` into per-strategy dicts; unprefixed names go to every strategy that has
+    such a hyperparameter."""
+    by_name = {cls.name: cls for cls in strategies}
+    params: dict[str, dict] = {name: {} for name in by_name}
+    for item in (item for group in groups for item in group):
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set expects NAME=VALUE, got {item!r}")
+        value = _literal(text)
+        target, dot, name = key.rpartition(".")
+        if dot:
+            if target not in by_name:
+                raise unknown_choice("strategy in --set", target, by_name)
+            params[target][name] = value
+            continue
+        owners = [s for s, cls in by_name.items() if name in cls.hyperparameters()]
+        if not owners:
+            valid = sorted({h for cls in strategies for h in cls.hyperparameters()}) or ["(none)"]
+            raise unknown_choice(f"hyperparameter for {', '.join(by_name)}", name, valid)
+        for owner in owners:
+            params[owner][name] = value
+    return params
+
+
+def _literal(text: str):
+    """A Python literal where the text is one (1, 0.5, None, True, 'x'); otherwise the bare word as a string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_list(args) -> int:
+    print("Benchmarks")
+    for info in list_benchmarks():
+        print(f"  {info.name:<18} scenarios: {', '.join(info.scenarios):<14} experiences: "
+              f"{info.default_n_experiences:<3} backbone: {info.backbone}")
+    print("\nStrategies")
+    for name in strategy_names():
+        cls = get_strategy(name)
+        print(f"  {name:<18} scenarios: {', '.join(sorted(cls.scenarios))}")
+        for hp in cls.hyperparameters().values():
+            print(f"      {hp.name} = {hp.default!r}  ({hp.type_name})")
+    return 0
+
+
+def _resolve_run(args):
+    """Check every input and build the run configs and streams; raises UsageError before anything is written."""
+    from clbench.runners.config import RunConfig
+    from clbench.runners.store import check_writable
+
+    known_benchmarks = {info.name: info for info in list_benchmarks()}
+    for name in args.benchmark:
+        if name not in known_benchmarks:
+            raise unknown_choice("benchmark", name, known_benchmarks)
+    for scenario in args.scenario:
+        if scenario not in SCENARIOS:
+            raise unknown_choice("scenario", scenario, SCENARIOS)
+    classes = list({cls.name: cls for cls in map(get_strategy, args.strategy)}.values())
+    raw_params = parse_set_items(args.set, classes)
+    params = {cls.name: cls.from_params(raw_params[cls.name]).get_params() for cls in classes}
+    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                        weight_decay=args.weight_decay, optimizer=args.optimizer,
+                        eval_batch_size=args.eval_batch_size)
+    for bench in args.benchmark:
+        for scenario in args.scenario:
+            if scenario not in known_benchmarks[bench].scenarios:
+                raise UsageError(f"benchmark {bench!r} does not support scenario {scenario!r}; "
+                                 f"valid choices: {', '.join(known_benchmarks[bench].scenarios)}")
+            for cls in classes:
+                if scenario not in cls.scenarios:
+                    raise UsageError(f"strategy {cls.name!r} does not support scenario {scenario!r}; "
+                                     f"valid choices: {', '.join(sorted(cls.scenarios))}")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        raise unknown_choice("device", args.device, ["cpu", "cuda"])
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {args.device!r} requested but CUDA is not available; valid choices here: cpu")
+    for flag in ("train_subset", "test_subset", "n_experiences", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    check_writable(args.out)
+
+    streams = {}
+    for bench in args.benchmark:
+        for scenario in args.scenario:
+            streams[bench, scenario] = make_stream(
+                bench, scenario, stream_seed=args.stream_seed, n_experiences=args.n_experiences,
+                data_root=args.data_root, download=args.download,
+                train_subset=args.train_subset, test_subset=args.test_subset,
+            )
+    configs = [
+        RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, params=params[cls.name], seed=seed,
+                  stream_seed=args.stream_seed, n_experiences=args.n_experiences, train_subset=args.train_subset,
+                  test_subset=args.test_subset, train=train)
+        for bench in args.benchmark for scenario in args.scenario for cls in classes for seed in args.seeds
+    ]
+    return configs, streams
+
+
+def format_leaderboard(board: pd.DataFrame) -> str:
+    """The leaderboard as a readable table: mean ± SEM of the headline metrics."""
+    if board.empty:
+        return "(no finished runs)"
+    view = tables.format_mean_sem(board, metrics=["acc", "bwt", "forgetting", "fwt", "la", "train_s"])
+    return view.drop(columns=["config_id"]).to_string(index=False)
+
+
+def versions() -> dict:
+    return {"clbench": clbench.__version__, "torch": torch.__version__, "numpy": np.__version__,
+            "pandas": pd.__version__, "python": platform.python_version()}
+
+
+def cmd_run(args) -> int:
+    from clbench.runners import loop
+    from clbench.runners.store import ResultStore
+
+    configs, streams = _resolve_run(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    store = ResultStore(args.out)
+    done = store.finished_run_ids()
+    todo = [c for c in configs if c.run_id not in done]
+    if len(todo) < len(configs):
+        print(f"{len(configs) - len(todo)} of {len(configs)} runs already finished in {args.out}; skipping them")
+    failed = 0
+    bar = tqdm(todo, desc="runs", unit="run", disable=args.quiet)
+    for config in bar:
+        bar.set_postfix_str(f"{config.benchmark}/{config.scenario}/{config.strategy}/seed {config.seed}")
+        result = loop.run(config, streams[config.benchmark, config.scenario], device=args.device,
+                          progress=not args.quiet)
+        store.append(result, versions=versions(), device=args.device)
+        if result.status != "ok":
+            failed += 1
+            tqdm.write(f"run {config.run_id} ({config.strategy}, seed {config.seed}) failed: {result.error}")
+    summary, board = store.write_derived()
+    if not args.no_plots:
+        _plot(store, summary, board)
+    print(format_leaderboard(board))
+    print(f"\ntables in {args.out}/: runs.csv evals.csv costs.csv summary.csv leaderboard.csv"
+          + ("" if args.no_plots else " plots/"))
+    if failed:
+        print(f"{failed} run(s) failed; see the error column of runs.csv", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return 0
+
+
+def _plot(store, summary, board):
+    from clbench.runners.plots import plot_output_dir
+
+    return plot_output_dir(store.evals(), summary, board, store.root)
+
+
+def _existing_store(path: Path):
+    from clbench.runners.store import ResultStore
+
+    if not (path / "runs.csv").is_file():
+        raise UsageError(f"{str(path)!r} is not a clbench output folder (no runs.csv); pass a folder written by "
+                         "`clbench run --out`")
+    return ResultStore(path)
+
+
+def cmd_leaderboard(args) -> int:
+    from clbench.runners.store import check_writable, write_csv
+
+    stores = [_existing_store(d) for d in args.dirs]
+    check_writable(args.output.parent)
+    if args.output.is_dir():
+        raise UsageError(f"output {str(args.output)!r} is a folder; give a file name such as leaderboard.csv")
+    summary = pd.concat([s.summary() for s in stores], ignore_index=True).drop_duplicates("run_id")
+    board = tables.leaderboard(summary)
+    write_csv(board, args.output)
+    print(format_leaderboard(board))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    store = _existing_store(args.dir)
+    summary, board = store.write_derived()
+    for path in _plot(store, summary, board):
+        print(path)
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as err:
+        print(f"clbench: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("clbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

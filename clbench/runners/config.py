@@ -1,0 +1,56 @@
+"""A run's full configuration and its stable id (a hash of the canonical config)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from clbench.strategies.base import TrainConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's results. Two runs with equal configs give identical tables on the CPU."""
+
+    benchmark: str
+    scenario: str
+    strategy: str
+    params: dict = field(default_factory=dict)  # every hyperparameter, defaults filled in
+    seed: int = 0
+    stream_seed: int = 0
+    n_experiences: int | None = None
+    train_subset: int | None = None
+    test_subset: int | None = None
+    train: TrainConfig = TrainConfig()
+
+    def canonical(self, *, with_seed: bool = True) -> dict:
+        out = dataclasses.asdict(self)
+        if not with_seed:
+            out.pop("seed")
+        return out
+
+    def settings(self) -> dict:
+        """The runner's settings (optimisation and data sizes), without the method and its hyperparameters."""
+        return dataclasses.asdict(self.train) | {
+            "n_experiences": self.n_experiences, "train_subset": self.train_subset, "test_subset": self.test_subset,
+        }
+
+    @property
+    def run_id(self) -> str:
+        return _digest(self.canonical())
+
+    @property
+    def config_id(self) -> str:
+        """The same for every seed of one configuration: what the leaderboard averages over."""
+        return _digest(self.canonical(with_seed=False))
+
+
+def _digest(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def to_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

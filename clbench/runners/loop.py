@@ -1,0 +1,119 @@
+"""The one training loop. It knows streams, strategies and accuracy — nothing about any method.
+
+For a stream of T experiences it evaluates every experience before training (row b, step −1) and after each training
+experience (row i of R, step i), the not-yet-trained experiences included, so every metric of METRICS.md can be read
+off the evaluation table afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from clbench.benchmarks import Batch, Stream, build_backbone
+from clbench.runners.config import RunConfig
+from clbench.runners.memory import peak_rss_mb, reset_peak_rss
+from clbench.strategies import Strategy, make_strategy
+
+
+class DivergedError(RuntimeError):
+    """The training loss stopped being finite; the run is recorded as failed."""
+
+
+@dataclass
+class RunResult:
+    """What one run produced: accuracy rows and per-experience costs (tidy, ready for the tables)."""
+
+    config: RunConfig
+    status: str = "ok"
+    error: str = ""
+    duration_s: float = 0.0
+    evals: list[dict] = field(default_factory=list)  # step, eval_exp, metric, value, n
+    costs: list[dict] = field(default_factory=list)  # step, train_s, eval_s, peak_rss_mb, strategy_mem_mb, loss
+
+
+def run_seeds(config: RunConfig) -> tuple[int, int, int]:
+    """Independent seeds for model init, data order and the strategy's own randomness, all from the run seed."""
+    init, order, strategy = np.random.SeedSequence(config.seed).generate_state(3)
+    return int(init), int(order), int(strategy)
+
+
+@torch.no_grad()
+def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device) -> list[dict]:
+    """Accuracy of the strategy's predictions on every experience's test set; task ids only in task-IL."""
+    rows = []
+    for exp in stream:
+        test = exp.test
+        task_id = exp.task_id if stream.spec.scenario == "task" else None
+        correct = 0
+        for start in range(0, len(test), batch_size):
+            x = test.x[start : start + batch_size].to(device)
+            y = test.y[start : start + batch_size].to(device)
+            correct += (strategy.predict(x, task_id).argmax(dim=1) == y).sum().item()
+        rows.append({"eval_exp": exp.index, "metric": "accuracy", "value": correct / len(test), "n": len(test)})
+    return rows
+
+
+def run(config: RunConfig, stream: Stream, *, device="cpu", progress: bool = True) -> RunResult:
+    """Train `config.strategy` through `stream`; failures (exceptions, NaN loss) are returned, not raised."""
+    result = RunResult(config)
+    started = time.perf_counter()
+    try:
+        _run(config, stream, torch.device(device), result, progress)
+    except Exception as err:  # a run's failure must not stop a sweep: record it with its error
+        result.status, result.error = "failed", f"{type(err).__name__}: {err}"
+    result.duration_s = time.perf_counter() - started
+    return result
+
+
+def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunResult, progress: bool) -> None:
+    init_seed, order_seed, strategy_seed = run_seeds(config)
+    cfg = config.train
+    strategy = make_strategy(config.strategy, config.params)
+    strategy.check_scenario(stream.spec.scenario)
+
+    reset_peak_rss()
+    torch.manual_seed(init_seed)
+    model = build_backbone(stream.spec).to(device)
+    strategy.setup(stream.spec, model, train=cfg, seed=strategy_seed, device=device)
+    order_generator = torch.Generator().manual_seed(order_seed)
+
+    def record(step: int, train_s: float, loss: float) -> None:
+        t0 = time.perf_counter()
+        for row in evaluate(strategy, stream, cfg.eval_batch_size, device):
+            result.evals.append({"step": step, **row})
+        result.costs.append(
+            {
+                "step": step,
+                "train_s": train_s,
+                "eval_s": time.perf_counter() - t0,
+                "peak_rss_mb": peak_rss_mb(),
+                "strategy_mem_mb": strategy.state_bytes() / 2**20,
+                "train_loss": loss,
+            }
+        )
+
+    record(-1, 0.0, math.nan)
+    bar = tqdm(stream, desc=f"{config.strategy} seed {config.seed}", leave=False, disable=not progress, unit="exp")
+    for exp in bar:
+        t0 = time.perf_counter()
+        strategy.before_experience(exp)
+        data = strategy.train_data(exp).to(device)
+        losses = []
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(data), generator=order_generator).to(device)
+            for start in range(0, len(data), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                loss = strategy.train_step(Batch(data.x[idx], data.y[idx], data.task[idx]))["loss"]
+                if not math.isfinite(loss):
+                    raise DivergedError(f"loss became {loss} in experience {exp.index}")
+                losses.append(loss)
+        strategy.after_experience(exp)
+        mean_loss = float(np.mean(losses)) if losses else math.nan
+        bar.set_postfix(loss=f"{mean_loss:.3f}")
+        record(exp.index, time.perf_counter() - t0, mean_loss)

@@ -1,0 +1,143 @@
+"""PNG plots of results: per-run accuracy matrix and curves, and the leaderboard.
+
+Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas (never pyplot), so no screen is needed, no
+global backend is switched and no figure stays registered; each PNG is written atomically (temp file + os.replace).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from clbench.metrics.tables import matrices_from_evals
+
+__all__ = ["plot_accuracy_curves", "plot_accuracy_matrix", "plot_leaderboard", "plot_output_dir", "save_png"]
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Figure, path) -> Path:
+    """Write ``fig`` to ``path`` atomically: a temp file in the same folder, then os.replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        fig.clear()
+    return path
+
+
+def plot_accuracy_matrix(R, title: str, path) -> Path:
+    """Heatmap of R with each cell annotated (rows: after training i, columns: evaluated on j); NaN cells blank."""
+    R = np.asarray(R, dtype=float)
+    T = R.shape[0]
+    side = min(4 + 0.6 * T, 16)
+    fig = _figure(side + 1, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
+    fig.colorbar(im, ax=ax, label="accuracy")
+    if T <= 25:
+        for (i, j), v in np.ndenumerate(R):
+            if not math.isnan(v):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=max(5, 10 - T // 4),
+                        color="black" if v > 0.6 else "white")  # fmt: skip
+    ticks = range(T)
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_yticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("evaluated on experience j")
+    ax.set_ylabel("after training experience i")
+    ax.set_title(title)
+    return save_png(fig, path)
+
+
+def plot_accuracy_curves(R, b, title: str, path) -> Path:
+    """Accuracy on each experience j across training steps; b (if given) is drawn at step −1."""
+    R = np.asarray(R, dtype=float)
+    T = R.shape[0]
+    steps = np.arange(-1 if b is not None else 0, T)
+    table = R if b is None else np.vstack([np.asarray(b, dtype=float), R])
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    colors = [colormaps["viridis"](0.9 * j / max(T - 1, 1)) for j in range(T)]
+    for j in range(T):
+        ok = ~np.isnan(table[:, j])
+        ax.plot(steps[ok], table[ok, j], marker="o", ms=3, color=colors[j], label=f"exp {j}")
+        if not np.isnan(R[j, j]):
+            ax.plot([j], [R[j, j]], marker="*", ms=9, color=colors[j])  # the step that trained experience j
+    if b is not None:
+        ax.axvline(-0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xticks(steps)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("after training experience (−1 = before training)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    if T <= 12:
+        ax.legend(fontsize="small", ncols=2 if T > 6 else 1, loc="best")
+    return save_png(fig, path)
+
+
+def plot_leaderboard(leaderboard_df: pd.DataFrame, path, metric: str = "acc") -> Path:
+    """Bars of ``<metric>_mean`` with ``<metric>_sem`` error bars, one panel per (benchmark, scenario)."""
+    mean, sem = f"{metric}_mean", f"{metric}_sem"
+    missing = [c for c in ["benchmark", "scenario", "strategy", mean, sem] if c not in leaderboard_df.columns]
+    if missing:
+        raise ValueError(f"leaderboard lacks column(s) {missing} needed to plot {metric!r}")
+    if leaderboard_df.empty:
+        raise ValueError("leaderboard is empty: nothing to plot")
+    panels = list(leaderboard_df.groupby(["benchmark", "scenario"], sort=True))
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    height = max(2.5, 0.35 * max(len(g) for _, g in panels) + 1.2)
+    fig = _figure(5 * ncols, height * nrows)
+    for k, ((bench, scen), g) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
+        g = g.sort_values(mean, ascending=True, na_position="first")
+        repeated = g["strategy"].duplicated(keep=False)
+        params = g["params"].astype(str) if "params" in g.columns else pd.Series("", index=g.index)
+        labels = [f"{s} {p[:30]}" if r else s for s, p, r in zip(g["strategy"], params, repeated, strict=True)]
+        if "n_seeds" in g.columns:
+            labels = [f"{label} (n={n})" for label, n in zip(labels, g["n_seeds"], strict=True)]
+        y = np.arange(len(g))
+        ax.barh(y, g[mean].fillna(0), xerr=g[sem].fillna(0), capsize=3, color="tab:blue", alpha=0.8)
+        ax.set_yticks(y, labels, fontsize="small")
+        ax.set_xlabel(f"{metric} (mean ± SEM over seeds)")
+        ax.set_title(f"{bench} / {scen}")
+        if metric in {"acc", "la", "aia"}:
+            ax.set_xlim(0, 1)
+    return save_png(fig, path)
+
+
+def plot_output_dir(
+    evals_df: pd.DataFrame, summary_df: pd.DataFrame, leaderboard_df: pd.DataFrame, out_dir
+) -> list[Path]:
+    """Write plots/<run_id>_matrix.png and plots/<run_id>_curves.png for every run of the summary (the ok runs),
+    and plots/leaderboard_acc.png when the leaderboard is not empty. Returns the written paths.
+    """
+    plots = Path(out_dir) / "plots"
+    written = []
+    for run in summary_df.itertuples(index=False):
+        R, b = matrices_from_evals(evals_df, run.run_id)
+        title = f"{run.strategy} on {run.benchmark} ({run.scenario}), seed {run.seed}"
+        written.append(plot_accuracy_matrix(R, title, plots / f"{run.run_id}_matrix.png"))
+        written.append(plot_accuracy_curves(R, b, title, plots / f"{run.run_id}_curves.png"))
+    if not leaderboard_df.empty:
+        written.append(plot_leaderboard(leaderboard_df, plots / "leaderboard_acc.png", metric="acc"))
+    return written

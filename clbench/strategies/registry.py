@@ -1,0 +1,76 @@
+"""Finding strategies by name: built-ins (imported lazily), `package.module:Class`, and the entry-point group
+`clbench.strategies` for strategies shipped in other packages."""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+
+from clbench.errors import UsageError, unknown_choice
+from clbench.strategies.base import Strategy
+
+ENTRY_POINT_GROUP = "clbench.strategies"
+
+# name -> module; a module registers its class with @register when imported.
+BUILTIN_MODULES = {
+    "naive": "clbench.strategies.naive",
+    "joint": "clbench.strategies.joint",
+    "ewc": "clbench.strategies.ewc",
+    "replay": "clbench.strategies.replay",
+}
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+def register(name: str):
+    """Class decorator: `@register("ewc")` makes the strategy available under that name."""
+
+    def decorate(cls: type[Strategy]) -> type[Strategy]:
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise TypeError(f"@register({name!r}) needs a Strategy subclass, got {cls!r}")
+        cls.name = name
+        cls.hyperparameters()  # fail at import time if the constructor is not a valid hyperparameter list
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def _plugin_entry_points():
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def strategy_names() -> list[str]:
+    """Every name `get_strategy` accepts without a module path."""
+    return sorted(set(BUILTIN_MODULES) | set(_REGISTRY) | set(_plugin_entry_points()))
+
+
+def get_strategy(name: str) -> type[Strategy]:
+    """Resolve a strategy name or `package.module:Class` to its class."""
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in BUILTIN_MODULES:
+        importlib.import_module(BUILTIN_MODULES[name])
+        return _REGISTRY[name]
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise UsageError(f"cannot load strategy {name!r}: {err}") from None
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise UsageError(f"strategy {name!r} is not a clbench.strategies.Strategy subclass")
+        if not cls.name:
+            cls.name = name
+        return cls
+    plugins = _plugin_entry_points()
+    if name in plugins:
+        cls = plugins[name].load()
+        if not cls.name:
+            cls.name = name
+        return cls
+    raise unknown_choice("strategy", name, strategy_names() + ["package.module:Class"])
+
+
+def make_strategy(name: str, params: dict | None = None) -> Strategy:
+    return get_strategy(name).from_params(params or {})

@@ -1,0 +1,231 @@
+"""The contract every registered strategy honours, and one test per strategy for its defining property."""
+
+import math
+
+import pytest
+import torch
+
+from clbench.benchmarks import Batch, build_backbone
+from clbench.errors import UsageError
+from clbench.runners import loop
+from clbench.strategies import get_strategy, make_strategy, strategy_names
+from clbench.strategies.base import SGDStrategy, Strategy, TrainConfig
+from tests.conftest import FAST_TRAIN, config
+
+ALL = strategy_names()
+
+
+def stream_for(name, request):
+    """A small real stream in a scenario the strategy supports (class-IL when it can)."""
+    scenarios = get_strategy(name).scenarios
+    for scenario, fixture in (("class", "digits_class"), ("task", "digits_task"), ("domain", "digits_domain")):
+        if scenario in scenarios:
+            return scenario, request.getfixturevalue(fixture)
+    raise AssertionError(f"{name} supports no scenario")
+
+
+def test_registry_has_the_issue_strategies():
+    assert {"naive", "joint", "ewc", "replay"} <= set(ALL)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_contract(name, request):
+    scenario, stream = stream_for(name, request)
+    cls = get_strategy(name)
+    # cheap construction with defaults; every hyperparameter is visible to `clbench list` and `--set`
+    strategy = cls.from_params({})
+    assert set(strategy.get_params()) == set(cls.hyperparameters())
+
+    bench = "permuted-digits" if scenario == "domain" else "split-digits"
+    n_exp = 3 if scenario == "domain" else None
+    first = loop.run(config(name, scenario, seed=0, benchmark=bench, n_experiences=n_exp), stream, progress=False)
+    assert first.status == "ok", first.error
+    assert all(math.isfinite(c["train_loss"]) for c in first.costs if c["step"] >= 0)
+    T = len(stream)
+    assert len(first.evals) == (T + 1) * T  # row b plus the full matrix R, upper triangle included
+    assert all(0.0 <= e["value"] <= 1.0 for e in first.evals)
+
+    again = loop.run(config(name, scenario, seed=0, benchmark=bench, n_experiences=n_exp), stream, progress=False)
+    assert again.evals == first.evals  # same seed: bit-identical accuracies
+    other = loop.run(config(name, scenario, seed=1, benchmark=bench, n_experiences=n_exp), stream, progress=False)
+    assert other.evals != first.evals
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_predict_shape_under_no_grad(name, request):
+    scenario, stream = stream_for(name, request)
+    strategy = make_strategy(name)
+    torch.manual_seed(0)
+    strategy.setup(stream.spec, build_backbone(stream.spec), train=FAST_TRAIN, seed=0)
+    exp = stream[0]
+    strategy.before_experience(exp)
+    data = strategy.train_data(exp)
+    stats = strategy.train_step(Batch(data.x[:16], data.y[:16], data.task[:16]))
+    assert math.isfinite(stats["loss"])
+    strategy.after_experience(exp)
+    with torch.no_grad():
+        logits = strategy.predict(stream[1].test.x[:7], 1 if scenario == "task" else None)
+    assert logits.shape == (7, stream.spec.n_classes)
+    assert not logits.requires_grad
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unsupported_scenario_is_rejected(name):
+    cls = get_strategy(name)
+    missing = {"task", "domain", "class"} - set(cls.scenarios)
+    strategy = cls.from_params({})
+    for scenario in missing:
+        with pytest.raises(UsageError, match=scenario):
+            strategy.check_scenario(scenario)
+    with pytest.raises(UsageError, match="bogus"):
+        strategy.check_scenario("bogus")
+
+
+def test_bad_hyperparameters_name_the_value_and_choices():
+    with pytest.raises(UsageError, match=r"unknown hyperparameter 'lambda'.*ewc_lambda"):
+        make_strategy("ewc", {"lambda": 1.0})
+    with pytest.raises(UsageError, match=r"mem_size='big'.*int"):
+        make_strategy("replay", {"mem_size": "big"})
+    with pytest.raises(UsageError, match=r"'sideways'.*'separate', 'online'"):
+        make_strategy("ewc", {"mode": "sideways"})
+    with pytest.raises(UsageError, match="decay_factor"):
+        make_strategy("ewc", {"mode": "online"})
+    with pytest.raises(UsageError, match=r"unknown strategy 'nope'.*naive"):
+        get_strategy("nope")
+
+
+def test_user_strategy_by_module_path():
+    cls = get_strategy("tests.user_strategies:Diverging")
+    assert issubclass(cls, Strategy)
+    with pytest.raises(UsageError, match="cannot load"):
+        get_strategy("tests.no_such_module:X")
+
+
+# -- defining properties ---------------------------------------------------------------------------------------------
+
+
+def test_ewc_with_zero_lambda_is_naive_bit_for_bit(digits_class):
+    naive = loop.run(config("naive"), digits_class, progress=False)
+    ewc = loop.run(config("ewc", params={"ewc_lambda": 0.0}), digits_class, progress=False)
+    assert naive.status == ewc.status == "ok"
+    assert ewc.evals == naive.evals
+    assert [c["train_loss"] for c in ewc.costs] == [c["train_loss"] for c in naive.costs]
+
+
+def test_ewc_penalty_protects_old_task(digits_task):
+    """A strong penalty keeps experience 0's accuracy higher than naive fine-tuning does."""
+    train = TrainConfig(epochs=3, batch_size=32, lr=0.05, momentum=0.9)
+    naive = loop.run(config("naive", "task", train=train), digits_task, progress=False)
+    ewc = loop.run(config("ewc", "task", params={"ewc_lambda": 100.0}, train=train), digits_task, progress=False)
+
+    def final_on_first(result):
+        return next(e["value"] for e in result.evals if e["step"] == 4 and e["eval_exp"] == 0)
+
+    assert final_on_first(ewc) > final_on_first(naive)
+
+
+def test_ewc_fisher_matches_per_sample_loop(digits_class):
+    """The vmap Fisher equals the mean of squared per-sample gradients computed one sample at a time."""
+    strategy = make_strategy("ewc")
+    torch.manual_seed(0)
+    model = build_backbone(digits_class.spec)
+    strategy.setup(digits_class.spec, model, train=FAST_TRAIN, seed=0)
+    data = digits_class[0].train.subset(torch.arange(10))
+    fisher = strategy.empirical_fisher(data)
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for i in range(len(data)):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(data.x[i : i + 1]), data.y[i : i + 1])
+        loss.backward()
+        for n, p in model.named_parameters():
+            expected[n] += p.grad.pow(2) / len(data)
+    for n in expected:
+        torch.testing.assert_close(fisher[n], expected[n], rtol=1e-4, atol=1e-7)
+
+
+def test_online_ewc_keeps_one_decayed_penalty(digits_class):
+    strategy = make_strategy("ewc", {"mode": "online", "decay_factor": 0.5})
+    torch.manual_seed(0)
+    strategy.setup(digits_class.spec, build_backbone(digits_class.spec), train=FAST_TRAIN, seed=0)
+    strategy.after_experience(digits_class[0])
+    first = {n: f.clone() for n, f in strategy.importances_[0].items()}
+    strategy.after_experience(digits_class[1])
+    assert len(strategy.importances_) == 1
+    new = strategy.empirical_fisher(digits_class[1].train)
+    for n in first:
+        torch.testing.assert_close(strategy.importances_[0][n], 0.5 * first[n] + new[n])
+
+
+@pytest.mark.parametrize("policy", ["reservoir", "class_balanced"])
+def test_replay_buffer_size_and_content(digits_class, policy):
+    strategy = make_strategy("replay", {"mem_size": 50, "storage_policy": policy})
+    torch.manual_seed(0)
+    strategy.setup(digits_class.spec, build_backbone(digits_class.spec), train=FAST_TRAIN, seed=0)
+    seen = []
+    for exp in list(digits_class)[:3]:
+        strategy.after_experience(exp)
+        seen.append(exp.train)
+        assert len(strategy.buffer_) == 50
+    buffer = strategy.buffer_
+    # every stored sample is a real sample of an experience seen so far, with its own label and task id
+    for x, y, t in zip(buffer.x, buffer.y, buffer.task, strict=True):
+        source = seen[int(t)]
+        match = (source.x == x).flatten(1).all(1)
+        assert match.any() and bool((source.y[match] == y).all())
+    counts = torch.bincount(buffer.y, minlength=digits_class.spec.n_classes)[:6]
+    if policy == "class_balanced":
+        assert sorted(counts.tolist()) == [8, 8, 8, 8, 9, 9]  # 50 slots over 6 seen classes
+    assert strategy.state_bytes() > 0
+
+
+def test_reservoir_is_uniform_over_everything_seen(digits_class):
+    """After three equal-size experiences, each holds about a third of the reservoir (sampling is exact)."""
+    shares = torch.zeros(3)
+    for seed in range(20):
+        strategy = make_strategy("replay", {"mem_size": 60})
+        strategy.setup(digits_class.spec, build_backbone(digits_class.spec), train=FAST_TRAIN, seed=seed)
+        for exp in list(digits_class)[:3]:
+            strategy.after_experience(exp)
+        shares += torch.bincount(strategy.buffer_.task, minlength=3)[:3].float()
+    sizes = torch.tensor([len(digits_class[i].train) for i in range(3)], dtype=torch.float)
+    torch.testing.assert_close(shares / shares.sum(), sizes / sizes.sum(), atol=0.04, rtol=0)
+
+
+def test_replay_batches_mix_memory(digits_class):
+    strategy = make_strategy("replay", {"mem_size": 40, "batch_size_mem": 10})
+    strategy.setup(digits_class.spec, build_backbone(digits_class.spec), train=FAST_TRAIN, seed=0)
+    exp = digits_class[1]
+    batch = Batch(exp.train.x[:8], exp.train.y[:8], exp.train.task[:8])
+    assert len(strategy.augment_batch(batch)) == 8  # nothing stored yet
+    strategy.after_experience(digits_class[0])
+    augmented = strategy.augment_batch(batch)
+    assert len(augmented) == 18 and set(augmented.task[8:].tolist()) == {0}
+
+
+def test_joint_row_i_is_trained_on_the_union_from_scratch(digits_class):
+    strategy = make_strategy("joint")
+    torch.manual_seed(0)
+    model = build_backbone(digits_class.spec)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    strategy.setup(digits_class.spec, model, train=FAST_TRAIN, seed=0)
+    strategy.before_experience(digits_class[0])
+    strategy.train_step(Batch(digits_class[0].train.x[:8], digits_class[0].train.y[:8], digits_class[0].train.task[:8]))
+    strategy.before_experience(digits_class[1])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, initial[k])  # restarted from the run's initial weights
+    union = strategy.train_data(digits_class[1])
+    assert len(union) == len(digits_class[0].train) + len(digits_class[1].train)
+
+
+def test_task_il_masks_logits_to_the_task_units(digits_task):
+    strategy = make_strategy("naive")
+    strategy.setup(digits_task.spec, build_backbone(digits_task.spec), train=FAST_TRAIN, seed=0)
+    with torch.no_grad():
+        logits = strategy.predict(digits_task[2].test.x[:5], 2)
+    allowed = list(digits_task.spec.classes_per_experience[2])
+    assert set(logits.argmax(1).tolist()) <= set(allowed)
+
+
+def test_sgd_template_is_the_base_of_the_template_strategies():
+    for name in ("naive", "joint", "ewc", "replay"):
+        assert issubclass(get_strategy(name), SGDStrategy)

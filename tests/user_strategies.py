@@ -1,0 +1,19 @@
+"""A user-defined strategy loaded by module path in the tests (`--strategy tests.user_strategies:Diverging`)."""
+
+
+from clbench.strategies import SGDStrategy
+
+
+class Diverging(SGDStrategy):
+    """Naive SGD whose loss is poisoned with NaN after `steps_before_nan` steps: a run that diverges."""
+
+    def __init__(self, steps_before_nan: int = 3):
+        self.steps_before_nan = steps_before_nan
+
+    def setup(self, spec, model, *, train, seed, device="cpu"):
+        super().setup(spec, model, train=train, seed=seed, device=device)
+        self.steps_ = 0
+
+    def penalty(self, batch, features, logits):
+        self.steps_ += 1
+        return logits.new_tensor(float("nan")) if self.steps_ > self.steps_before_nan else None
