@@ -141,6 +141,39 @@ def test_ewc_fisher_matches_per_sample_loop(digits_class):
             expected[n] += p.grad.pow(2) / len(data)
     for n in expected:
         torch.testing.assert_close(fisher[n], expected[n], rtol=1e-4, atol=1e-7)
+    # the closed form used for MLPs and the generic torch.func path agree with each other too
+    params = dict(model.named_parameters())
+    closed, generic = strategy._squared_grad_sums_linear(data), strategy._squared_grad_sums_vmap(data, params)
+    assert closed is not None and set(closed) == set(generic) == set(params)
+    for n in params:
+        torch.testing.assert_close(closed[n], generic[n], rtol=1e-4, atol=1e-7)
+
+
+def test_ewc_fisher_on_a_convolutional_backbone_uses_torch_func():
+    """A model with convolutions and batch norm takes the vmap path and still matches the per-sample loop."""
+    from clbench.benchmarks import stream_from_tensors
+
+    g = torch.Generator().manual_seed(0)
+    parts = [(torch.rand(12, 3, 32, 32, generator=g), torch.tensor([2 * t, 2 * t + 1] * 6)) for t in range(2)]
+    stream = stream_from_tensors(parts, parts, "class", backbone="resnet18-reduced")
+    strategy = make_strategy("ewc", {"fisher_batch_size": 5})
+    torch.manual_seed(0)
+    model = build_backbone(stream.spec)
+    strategy.setup(stream.spec, model, train=FAST_TRAIN, seed=0)
+    data = stream[0].train
+    fisher = strategy.empirical_fisher(data)
+    model.eval()
+    for i in range(3):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x[i : i + 1]), data.y[i : i + 1]).backward()
+    expected = {}
+    for i in range(len(data)):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x[i : i + 1]), data.y[i : i + 1]).backward()
+        for n, p in model.named_parameters():
+            expected[n] = expected.get(n, 0) + p.grad.pow(2) / len(data)
+    for n in expected:
+        torch.testing.assert_close(fisher[n], expected[n], rtol=1e-3, atol=1e-8)
 
 
 def test_online_ewc_keeps_one_decayed_penalty(digits_class):

@@ -18,11 +18,24 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from clbench.errors import UsageError
 from clbench.strategies.base import SGDStrategy, tensors_nbytes
 from clbench.strategies.registry import register
+
+
+def _only_linear_layers(model: nn.Module, params: dict) -> bool:
+    """True when every trainable parameter belongs to an nn.Linear (the MLP backbones); whether each layer is applied
+    once to 2-D inputs, the other condition of the closed form, is checked on the forward pass itself."""
+    owned = set()
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            owned |= {f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
+        elif any(True for _ in module.parameters(recurse=False)):
+            return False
+    return owned == set(params)
 
 
 @register("ewc")
@@ -84,23 +97,70 @@ class EWC(SGDStrategy):
         model = self.model_
         was_training = model.training
         model.eval()  # batch-norm statistics must not depend on which samples share a chunk
-        params = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        fisher = {name: torch.zeros_like(p) for name, p in params.items()}
+        data = data.to(self.device_)
+        exact_for_linear = _only_linear_layers(model, params)
+        try:
+            for start in range(0, len(data), self.fisher_batch_size):
+                chunk = data.subset(slice(start, start + self.fisher_batch_size))
+                sums = self._squared_grad_sums_linear(chunk) if exact_for_linear else None
+                if sums is None:
+                    sums = self._squared_grad_sums_vmap(chunk, params)
+                for name, value in sums.items():
+                    fisher[name] += value
+        finally:
+            model.train(was_training)
+        return {name: f / len(data) for name, f in fisher.items()}
+
+    def _squared_grad_sums_vmap(self, chunk, params) -> dict[str, torch.Tensor]:
+        """Any model: per-sample gradients with torch.func (vmap over grad), squared and summed."""
+        model = self.model_
+        detached = {name: p.detach() for name, p in params.items()}
         buffers = {name: b.detach() for name, b in model.named_buffers()}
 
         def sample_loss(p, x, y, task):
             logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
             return F.cross_entropy(self.mask_logits(logits, task.unsqueeze(0)), y.unsqueeze(0))
 
-        per_sample_grads = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))
-        fisher = {name: torch.zeros_like(p) for name, p in params.items()}
-        data = data.to(self.device_)
-        for start in range(0, len(data), self.fisher_batch_size):
-            stop = start + self.fisher_batch_size
-            grads = per_sample_grads(params, data.x[start:stop], data.y[start:stop], data.task[start:stop])
-            for name, g in grads.items():
-                fisher[name] += g.pow(2).sum(0)
-        model.train(was_training)
-        return {name: f / len(data) for name, f in fisher.items()}
+        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))(detached, chunk.x, chunk.y, chunk.task)
+        return {name: g.pow(2).sum(0) for name, g in grads.items()}
+
+    def _squared_grad_sums_linear(self, chunk) -> dict[str, torch.Tensor] | None:
+        """Models made of nn.Linear layers only (the MLPs): the per-sample gradient of a weight is the outer product
+        δ_i a_iᵀ, so Σ_i (δ_i a_iᵀ)² = (δ²)ᵀ(a²): one matmul per layer, never the N per-sample gradients (the
+        identity behind Goodfellow 2015, "Efficient per-example gradient computations"). None when a layer is not
+        applied exactly once to a 2-D input, where the identity does not hold."""
+        model = self.model_
+        layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+        inputs, outputs, calls = {}, {}, dict.fromkeys(layers, 0)
+
+        def keep(name):
+            def hook(module, args, output):
+                inputs[name], outputs[name] = args[0], output
+                calls[name] += 1
+
+            return hook
+
+        handles = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
+        try:
+            with torch.enable_grad():
+                logits = model(chunk.x)
+                if any(n != 1 for n in calls.values()) or any(a.dim() != 2 for a in inputs.values()):
+                    return None
+                # summed, not averaged: row i of d(loss)/d(output) is then exactly sample i's own gradient
+                loss = F.cross_entropy(self.mask_logits(logits, chunk.task), chunk.y, reduction="sum")
+                deltas = torch.autograd.grad(loss, [outputs[name] for name in layers])
+        finally:
+            for handle in handles:
+                handle.remove()
+        sums = {}
+        for (name, layer), delta in zip(layers.items(), deltas, strict=True):
+            delta_sq = delta.pow(2)
+            sums[f"{name}.weight"] = delta_sq.T @ inputs[name].detach().pow(2)
+            if layer.bias is not None:
+                sums[f"{name}.bias"] = delta_sq.sum(0)
+        return sums
 
     def state_bytes(self):
         stored = [t for d in self.importances_ + self.anchors_ for t in d.values()]
