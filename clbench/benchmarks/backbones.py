@@ -8,10 +8,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from ..errors import unknown_choice
 from .base import StreamSpec
+
+
+class Standardize(nn.Module):
+    """(x − mean) / std per channel, with fixed statistics stored as buffers (never trained)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
 
 
 class Backbone(nn.Module):
@@ -96,10 +110,15 @@ BACKBONES = {
 
 
 def build_backbone(spec: StreamSpec) -> Backbone:
-    """The reference backbone named by `spec.backbone`, sized for the stream's inputs and output units.
+    """The reference backbone named by `spec.backbone`, sized for the stream's inputs and output units, standardising
+    its inputs with the dataset's channel statistics when the stream carries them (`input_mean`, `input_std`).
 
     Parameters are initialised from torch's global RNG: seed it (torch.manual_seed) for reproducible weights.
     """
     if spec.backbone not in BACKBONES:
         raise unknown_choice("backbone", spec.backbone, BACKBONES)
-    return BACKBONES[spec.backbone](spec)
+    model = BACKBONES[spec.backbone](spec)
+    if "input_mean" in spec.metadata:
+        model.features = nn.Sequential(Standardize(spec.metadata["input_mean"], spec.metadata["input_std"]),
+                                       *model.features)
+    return model

@@ -1,8 +1,9 @@
 """Dataset loaders: each returns a `Dataset` record of tensors held in memory, loaded once per process.
 
-Images are float32 (N, C, H, W) scaled to [0, 1] and are NOT mean/std-normalised: every benchmark in clbench trains
-from scratch, the reference backbones cope with [0, 1] inputs, and keeping raw intensities makes permutations and
-rotations (whose zero fill is "black") exact and easy to check.
+Images are float32 (N, C, H, W) scaled to [0, 1] and stay so in the streams, which keeps permutations and rotations
+(whose zero fill is "black") exact and easy to check. Standardisation happens inside the reference backbones instead,
+with the per-channel statistics of the training set (`Dataset.channel_stats`, carried in the stream's metadata), as
+Avalanche and torchvision pipelines normalise their inputs.
 
 Where the files come from:
 - `digits`: scikit-learn's bundled copy, always available offline.
@@ -60,6 +61,13 @@ class Dataset:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.train_x.shape[1:])
+
+    @functools.cached_property
+    def channel_stats(self) -> dict[str, list[float]]:
+        """Per-channel mean and standard deviation of the training images, for the backbones' input standardisation
+        (the usual constants, e.g. Fashion-MNIST's 0.2860 / 0.3530, computed rather than hard-coded)."""
+        x = self.train_x.transpose(0, 1).reshape(self.train_x.shape[1], -1).double()
+        return {"input_mean": x.mean(1).tolist(), "input_std": x.std(1).tolist()}
 
 
 def default_data_root() -> Path:

@@ -132,7 +132,7 @@ def split_stream(
         classes_per_experience=units,
         backbone=backbone,
         stream_seed=stream_seed,
-        metadata={"dataset": ds.name, "class_order": order.tolist()},
+        metadata={"dataset": ds.name, "class_order": order.tolist(), **ds.channel_stats},
     )
     return Stream(spec, experiences)
 
@@ -170,7 +170,7 @@ def _transformed_stream(
         classes_per_experience=units,
         backbone=backbone,
         stream_seed=stream_seed,
-        metadata={"dataset": ds.name, **metadata},
+        metadata={"dataset": ds.name, **metadata, **ds.channel_stats},
     )
     return Stream(spec, experiences)
 
