@@ -17,6 +17,10 @@ BUILTIN_MODULES = {
     "joint": "clbench.strategies.joint",
     "ewc": "clbench.strategies.ewc",
     "replay": "clbench.strategies.replay",
+    "lwf": "clbench.strategies.lwf",
+    "gem": "clbench.strategies.gem",
+    "agem": "clbench.strategies.agem",
+    "center-loss": "clbench.strategies.center_loss",
 }
 
 _REGISTRY: dict[str, type[Strategy]] = {}

@@ -1,0 +1,82 @@
+"""Learning without Forgetting (Li & Hoiem, ECCV 2016 / TPAMI 2017), with the settings of Avalanche's LwFPlugin.
+
+After each experience a frozen copy of the model is kept (the teacher; Avalanche's `LearningWithoutForgetting.update`
+in after_training_exp). Later experiences are trained with
+
+    loss = task loss + alpha · Σ_g KL( softmax(teacher_g / T) ‖ softmax(model_g / T) )      (batch mean)
+
+where g runs over groups of *old* output units and `model_g` are the logits restricted to them (the softmax is taken
+over the group only, as in Avalanche's `_distillation_loss`, which slices before the softmax):
+  * class-IL and domain-IL: one group, the units of every finished experience (in domain-IL that is all units);
+  * task-IL: one group per finished experience, its own units (multi-head LwF); the groups' terms are *summed*, as
+    Avalanche sums over the previous heads of a MultiTaskModule. Every sample of the batch is distilled on every old
+    head, whatever its own task.
+
+Defaults alpha=1, T=2 are Avalanche's. Like Avalanche (and unlike Hinton et al.'s KD) the term is *not* multiplied
+by T². KL and the paper's soft cross-entropy differ by the teacher's entropy, a constant, so gradients are the same.
+One difference, on purpose: the teacher runs in eval mode (batch-norm running statistics, no dropout), whereas
+Avalanche's deep copy keeps the training mode of the model it copies.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from clbench.errors import UsageError
+from clbench.strategies.base import SGDStrategy, tensors_nbytes
+from clbench.strategies.registry import register
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(softmax(teacher/T) ‖ softmax(logits/T)), summed over units and averaged over the batch (no T² factor)."""
+    log_p = F.log_softmax(logits / temperature, dim=1)
+    q = F.softmax(teacher_logits / temperature, dim=1)
+    return F.kl_div(log_p, q, reduction="batchmean")
+
+
+@register("lwf")
+class LwF(SGDStrategy):
+    """Distils the previous model's outputs on the old units into the current model (`alpha` weighs the term,
+    `temperature` softens both distributions)."""
+
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0):
+        self.alpha = alpha
+        self.temperature = temperature
+
+    def validate(self):
+        if self.alpha < 0:
+            raise UsageError(f"alpha must be >= 0, got {self.alpha}")
+        if self.temperature <= 0:
+            raise UsageError(f"temperature must be positive, got {self.temperature}")
+
+    def setup(self, spec, model, *, train, seed, device="cpu"):
+        super().setup(spec, model, train=train, seed=seed, device=device)
+        self.teacher_: torch.nn.Module | None = None
+        self.old_units_: list[torch.Tensor] = []  # groups of old units, one distillation term each
+
+    def penalty(self, batch, features, logits):
+        if self.teacher_ is None:
+            return None
+        with torch.no_grad():
+            teacher_logits = self.teacher_(batch.x)
+        kd = sum(
+            distillation_loss(logits[:, units], teacher_logits[:, units], self.temperature) for units in self.old_units_
+        )
+        return self.alpha * kd
+
+    def after_experience(self, exp):
+        self.teacher_ = copy.deepcopy(self.model_).eval().requires_grad_(False)
+        units = torch.tensor(exp.classes, device=self.device_)
+        if self.spec_.scenario == "task":
+            self.old_units_.append(units)
+        else:
+            seen = units if not self.old_units_ else torch.cat([self.old_units_[0], units])
+            self.old_units_ = [torch.unique(seen)]
+
+    def state_bytes(self):
+        if self.teacher_ is None:
+            return 0
+        return tensors_nbytes(*self.teacher_.parameters(), *self.teacher_.buffers())
