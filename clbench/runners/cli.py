@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import platform
 import sys
 from pathlib import Path
@@ -191,7 +192,18 @@ def format_leaderboard(board: pd.DataFrame) -> str:
     if board.empty:
         return "(no finished runs)"
     view = tables.format_mean_sem(board, metrics=["acc", "bwt", "forgetting", "fwt", "la", "train_s"])
+    view["params"] = [_changed_params(s, p) for s, p in zip(board["strategy"], board["params"], strict=True)]
     return view.drop(columns=["config_id"]).to_string(index=False)
+
+
+def _changed_params(strategy: str, params_json: str) -> str:
+    """Only the hyperparameters that differ from the strategy's defaults, as name=value (the CSV keeps them all)."""
+    try:
+        defaults = {n: h.default for n, h in get_strategy(strategy).hyperparameters().items()}
+    except UsageError:  # a strategy from a module that is not importable here: show everything
+        defaults = {}
+    changed = {k: v for k, v in json.loads(params_json).items() if defaults.get(k, object()) != v}
+    return " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "defaults"
 
 
 def versions() -> dict:
