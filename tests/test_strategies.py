@@ -272,3 +272,15 @@ def test_task_il_masks_logits_to_the_task_units(digits_task):
 def test_sgd_template_is_the_base_of_the_template_strategies():
     for name in ("naive", "joint", "ewc", "replay"):
         assert issubclass(get_strategy(name), SGDStrategy)
+
+
+def test_packaged_strategy_through_the_entry_point_group(tmp_path, monkeypatch):
+    """A distribution that declares `[clbench.strategies] name = module:Class` is found by name, without imports."""
+    dist = tmp_path / "clbench_demo_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: clbench-demo-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[clbench.strategies]\ndemo-diverging = tests.user_strategies:Diverging\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "demo-diverging" in strategy_names()
+    cls = get_strategy("demo-diverging")
+    assert cls.__name__ == "Diverging" and "steps_before_nan" in cls.hyperparameters()
