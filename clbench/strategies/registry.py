@@ -21,6 +21,8 @@ BUILTIN_MODULES = {
     "gem": "clbench.strategies.gem",
     "agem": "clbench.strategies.agem",
     "center-loss": "clbench.strategies.center_loss",
+    "supsup": "clbench.strategies.supsup",
+    "exssnet": "clbench.strategies.exssnet",
 }
 
 _REGISTRY: dict[str, type[Strategy]] = {}
