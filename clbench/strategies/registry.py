@@ -21,6 +21,7 @@ BUILTIN_MODULES = {
     "gem": "clbench.strategies.gem",
     "agem": "clbench.strategies.agem",
     "center-loss": "clbench.strategies.center_loss",
+    "hnet": "clbench.strategies.hnet",
     "supsup": "clbench.strategies.supsup",
     "exssnet": "clbench.strategies.exssnet",
 }
