@@ -1,39 +1,20 @@
 """A-GEM: the projected gradient never opposes the step's reference gradient, is untouched without conflict, and
 protects old experiences better than naive fine-tuning."""
 
+from functools import partial
+
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clbench.benchmarks import Batch, build_backbone
 from clbench.errors import UsageError
 from clbench.runners import loop
 from clbench.strategies import make_strategy
+from tests import helpers
 from tests.conftest import FAST_TRAIN, config
+from tests.helpers import backward, flat_grad
 
-
-def trained(stream, params, n_exp, seed=0):
-    strategy = make_strategy("agem", params)
-    torch.manual_seed(seed)
-    strategy.setup(stream.spec, build_backbone(stream.spec), train=FAST_TRAIN, seed=seed)
-    for exp in list(stream)[:n_exp]:
-        strategy.before_experience(exp)
-        for start in range(0, len(exp.train), 32):
-            part = exp.train.subset(torch.arange(start, min(start + 32, len(exp.train))))
-            strategy.train_step(Batch(part.x, part.y, part.task))
-        strategy.after_experience(exp)
-    return strategy
-
-
-def flat_grad(model):
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
-
-
-def backward(strategy, data):
-    model = strategy.model_
-    model.zero_grad(set_to_none=True)
-    F.cross_entropy(strategy.mask_logits(model(data.x), data.task), data.y).backward()
-    return flat_grad(model)
+trained = partial(helpers.trained, "agem")
 
 
 @pytest.mark.parametrize("scenario", ["class", "task"])

@@ -1,33 +1,20 @@
 """Center loss regularisation: frozen old centers (and head rows), moving current centers, optional replay."""
 
+from functools import partial
+
 import pytest
 import torch
 
-from clbench.benchmarks import Batch, build_backbone
+from clbench.benchmarks import Batch
 from clbench.errors import UsageError
 from clbench.runners import loop
 from clbench.strategies import make_strategy
 from clbench.strategies.base import tensors_nbytes
-from tests.conftest import FAST_TRAIN, config
+from tests import helpers
+from tests.conftest import config
+from tests.helpers import batches, train_on
 
-
-def batches(data, size=32, n=None):
-    starts = list(range(0, len(data), size))[:n]
-    return [Batch(data.x[s : s + size], data.y[s : s + size], data.task[s : s + size]) for s in starts]
-
-
-def ready(stream, params=None):
-    strategy = make_strategy("center-loss", params)
-    torch.manual_seed(0)
-    strategy.setup(stream.spec, build_backbone(stream.spec), train=FAST_TRAIN, seed=0)
-    return strategy
-
-
-def train_on(strategy, exp, n=None):
-    strategy.before_experience(exp)
-    stats = [strategy.train_step(batch) for batch in batches(strategy.train_data(exp), n=n)]
-    strategy.after_experience(exp)
-    return stats
+ready = partial(helpers.ready, "center-loss")
 
 
 @pytest.mark.parametrize("mem_size", [0, 60])

@@ -1,40 +1,19 @@
 """GEM: the projected gradient satisfies every memory constraint, is untouched without conflict, and protects."""
 
+from functools import partial
+
 import pytest
 import torch
-import torch.nn.functional as F
 
 from clbench.benchmarks import Batch, build_backbone
 from clbench.errors import UsageError
 from clbench.runners import loop
 from clbench.strategies import make_strategy
+from tests import helpers
 from tests.conftest import FAST_TRAIN, config
+from tests.helpers import backward, flat_grad
 
-
-def trained(stream, params, n_exp, seed=0):
-    """A GEM strategy trained through the first `n_exp` experiences (memory filled after each)."""
-    strategy = make_strategy("gem", params)
-    torch.manual_seed(seed)
-    strategy.setup(stream.spec, build_backbone(stream.spec), train=FAST_TRAIN, seed=seed)
-    for exp in list(stream)[:n_exp]:
-        strategy.before_experience(exp)
-        for start in range(0, len(exp.train), 32):
-            part = exp.train.subset(torch.arange(start, min(start + 32, len(exp.train))))
-            strategy.train_step(Batch(part.x, part.y, part.task))
-        strategy.after_experience(exp)
-    return strategy
-
-
-def flat_grad(model):
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()]).double()
-
-
-def backward(strategy, data):
-    """Plain .backward of the task-masked cross-entropy; returns the flat gradient (independent of GEM's helpers)."""
-    model = strategy.model_
-    model.zero_grad(set_to_none=True)
-    F.cross_entropy(strategy.mask_logits(model(data.x), data.task), data.y).backward()
-    return flat_grad(model)
+trained = partial(helpers.trained, "gem")
 
 
 def memory_constraints(strategy):

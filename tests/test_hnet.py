@@ -7,26 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clbench.benchmarks import Batch, build_backbone, stream_from_tensors
+from clbench.benchmarks import stream_from_tensors
 from clbench.errors import UsageError
 from clbench.runners import loop
 from clbench.strategies import make_strategy
 from clbench.strategies.base import MASKED_LOGIT, TrainConfig
+from tests import helpers
 from tests.conftest import config
+from tests.helpers import batches
 
 ADAM = TrainConfig(epochs=1, batch_size=32, lr=1e-3, optimizer="adam")
 
 
 def ready(stream, params=None, train=ADAM, seed=0):
-    strategy = make_strategy("hnet", params)
-    torch.manual_seed(seed)
-    strategy.setup(stream.spec, build_backbone(stream.spec), train=train, seed=seed)
-    return strategy
-
-
-def batches(data, size=32, n=None):
-    starts = list(range(0, len(data), size))[:n]
-    return [Batch(data.x[s : s + size], data.y[s : s + size], data.task[s : s + size]) for s in starts]
+    return helpers.ready("hnet", stream, params, train=train, seed=seed)
 
 
 def train_on(strategy, exp, epochs=1, n=None, finish=True):

@@ -1,29 +1,21 @@
 """Learning without Forgetting: the distillation term, its frozen teacher, and its effect."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
 
-from clbench.benchmarks import Batch, build_backbone
 from clbench.errors import UsageError
 from clbench.runners import loop
 from clbench.strategies import make_strategy
 from clbench.strategies.base import TrainConfig
 from clbench.strategies.lwf import distillation_loss
-from tests.conftest import FAST_TRAIN, config
+from tests import helpers
+from tests.conftest import config
+from tests.helpers import batches
 
-
-def batches(data, size=32, n=None):
-    starts = list(range(0, len(data), size))[:n]
-    return [Batch(data.x[s : s + size], data.y[s : s + size], data.task[s : s + size]) for s in starts]
-
-
-def ready(stream, params=None):
-    strategy = make_strategy("lwf", params)
-    torch.manual_seed(0)
-    strategy.setup(stream.spec, build_backbone(stream.spec), train=FAST_TRAIN, seed=0)
-    return strategy
+ready = partial(helpers.ready, "lwf")
 
 
 def test_zero_alpha_is_naive_bit_for_bit(digits_class):
