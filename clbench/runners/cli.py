@@ -24,6 +24,7 @@ from clbench.errors import UsageError, unknown_choice
 from clbench.metrics import tables
 from clbench.strategies import TrainConfig, get_strategy, strategy_names
 from clbench.strategies.base import Strategy
+from clbench.strategies.registry import describe_params
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
@@ -192,18 +193,9 @@ def format_leaderboard(board: pd.DataFrame) -> str:
     if board.empty:
         return "(no finished runs)"
     view = tables.format_mean_sem(board, metrics=["acc", "bwt", "forgetting", "fwt", "la", "train_s"])
-    view["params"] = [_changed_params(s, p) for s, p in zip(board["strategy"], board["params"], strict=True)]
+    pairs = zip(board["strategy"], board["params"], strict=True)
+    view["params"] = [describe_params(strategy, json.loads(params)) for strategy, params in pairs]
     return view.drop(columns=["config_id"]).to_string(index=False)
-
-
-def _changed_params(strategy: str, params_json: str) -> str:
-    """Only the hyperparameters that differ from the strategy's defaults, as name=value (the CSV keeps them all)."""
-    try:
-        defaults = {n: h.default for n, h in get_strategy(strategy).hyperparameters().items()}
-    except UsageError:  # a strategy from a module that is not importable here: show everything
-        defaults = {}
-    changed = {k: v for k, v in json.loads(params_json).items() if defaults.get(k, object()) != v}
-    return " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "defaults"
 
 
 def versions() -> dict:

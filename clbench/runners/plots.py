@@ -6,6 +6,7 @@ global backend is switched and no figure stays registered; each PNG is written a
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -18,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from clbench.metrics.tables import matrices_from_evals
+from clbench.strategies.registry import describe_params
 
 __all__ = ["plot_accuracy_curves", "plot_accuracy_matrix", "plot_leaderboard", "plot_output_dir", "save_png"]
 
@@ -112,7 +114,8 @@ def plot_leaderboard(leaderboard_df: pd.DataFrame, path, metric: str = "acc") ->
         g = g.sort_values(mean, ascending=True, na_position="first")
         repeated = g["strategy"].duplicated(keep=False)
         params = g["params"].astype(str) if "params" in g.columns else pd.Series("", index=g.index)
-        labels = [f"{s} {p[:30]}" if r else s for s, p, r in zip(g["strategy"], params, repeated, strict=True)]
+        rows = zip(g["strategy"], params, repeated, strict=True)
+        labels = [f"{s} ({_changed(s, p)})" if r else s for s, p, r in rows]
         if "n_seeds" in g.columns:
             labels = [f"{label} (n={n})" for label, n in zip(labels, g["n_seeds"], strict=True)]
         y = np.arange(len(g))
@@ -141,3 +144,11 @@ def plot_output_dir(
     if not leaderboard_df.empty:
         written.append(plot_leaderboard(leaderboard_df, plots / "leaderboard_acc.png", metric="acc"))
     return written
+
+
+def _changed(strategy: str, params_text: str) -> str:
+    """Label text for a strategy shown with several configurations: the hyperparameters it changed."""
+    try:
+        return describe_params(strategy, json.loads(params_text))
+    except (ValueError, TypeError, AttributeError):  # not a JSON object: show the text as it is
+        return params_text[:30]

@@ -79,5 +79,16 @@ def get_strategy(name: str) -> type[Strategy]:
     raise unknown_choice("strategy", name, strategy_names() + ["package.module:Class"])
 
 
+def describe_params(name: str, params: dict) -> str:
+    """The hyperparameters that differ from the strategy's defaults as "name=value ..." ("defaults" if none), for
+    labels and printouts; tables keep every value."""
+    try:
+        defaults = {n: h.default for n, h in get_strategy(name).hyperparameters().items()}
+    except UsageError:  # a strategy from a module that is not importable here: show everything
+        defaults = {}
+    changed = {k: v for k, v in params.items() if defaults.get(k, object()) != v}
+    return " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "defaults"
+
+
 def make_strategy(name: str, params: dict | None = None) -> Strategy:
     return get_strategy(name).from_params(params or {})
