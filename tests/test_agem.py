@@ -12,7 +12,7 @@ from clbench.runners import loop
 from clbench.strategies import make_strategy
 from tests import helpers
 from tests.conftest import FAST_TRAIN, config
-from tests.helpers import backward, flat_grad
+from tests.helpers import backward, batches, flat_grad
 
 trained = partial(helpers.trained, "agem")
 
@@ -23,8 +23,7 @@ def test_projected_gradient_does_not_oppose_the_reference(scenario, request):
     strategy = trained(stream, {"patterns_per_exp": 40, "sample_size": 32}, n_exp=3)
     exp = stream[3]
     conflicts = 0
-    for start in range(0, 160, 16):
-        batch = Batch(*(t[start : start + 16] for t in (exp.train.x, exp.train.y, exp.train.task)))
+    for batch in batches(exp.train, size=16, n=10):
         g = backward(strategy, batch)
         before = strategy.n_projections_
         strategy.project_gradients(batch)

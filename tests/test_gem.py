@@ -11,7 +11,7 @@ from clbench.runners import loop
 from clbench.strategies import make_strategy
 from tests import helpers
 from tests.conftest import FAST_TRAIN, config
-from tests.helpers import backward, flat_grad
+from tests.helpers import backward, batches, flat_grad
 
 trained = partial(helpers.trained, "gem")
 
@@ -28,8 +28,7 @@ def test_projected_gradient_satisfies_every_constraint(scenario, request):
     assert G.shape[0] == 3
     exp = stream[3]
     conflicts = 0
-    for start in range(0, 160, 16):
-        batch = Batch(*(t[start : start + 16] for t in (exp.train.x, exp.train.y, exp.train.task)))
+    for batch in batches(exp.train, size=16, n=10):
         g = backward(strategy, batch)
         before = strategy.n_projections_
         strategy.project_gradients(batch)
