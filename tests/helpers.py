@@ -49,3 +49,16 @@ def backward(strategy, data):
     model.zero_grad(set_to_none=True)
     F.cross_entropy(strategy.mask_logits(model(data.x), data.task), data.y).backward()
     return flat_grad(model)
+
+
+def final_row(result):
+    """Accuracies on every experience after the last one was trained (row T−1 of R) of a finished run."""
+    assert result.status == "ok", result.error
+    last = max(e["step"] for e in result.evals)
+    return [e["value"] for e in result.evals if e["step"] == last]
+
+
+def final_accuracy(result):
+    """ACC: the mean of the final row."""
+    row = final_row(result)
+    return sum(row) / len(row)

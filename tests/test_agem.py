@@ -12,7 +12,7 @@ from clbench.runners import loop
 from clbench.strategies import make_strategy
 from tests import helpers
 from tests.conftest import FAST_TRAIN, config
-from tests.helpers import backward, batches, flat_grad
+from tests.helpers import backward, batches, final_accuracy, flat_grad
 
 trained = partial(helpers.trained, "agem")
 
@@ -93,11 +93,6 @@ def test_bad_hyperparameters_are_rejected():
 
 
 def test_agem_beats_naive_in_class_il(digits_class):
-    def final_accuracy(result):
-        assert result.status == "ok", result.error
-        final = [e["value"] for e in result.evals if e["step"] == len(digits_class) - 1]
-        return sum(final) / len(final)
-
     naive = final_accuracy(loop.run(config("naive"), digits_class, progress=False))
     agem = final_accuracy(loop.run(config("agem"), digits_class, progress=False))
     assert agem > naive + 0.05

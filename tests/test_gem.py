@@ -11,7 +11,7 @@ from clbench.runners import loop
 from clbench.strategies import make_strategy
 from tests import helpers
 from tests.conftest import FAST_TRAIN, config
-from tests.helpers import backward, batches, flat_grad
+from tests.helpers import backward, batches, final_accuracy, flat_grad
 
 trained = partial(helpers.trained, "gem")
 
@@ -108,11 +108,6 @@ def test_bad_hyperparameters_are_rejected():
 
 
 def test_gem_beats_naive_in_class_il(digits_class):
-    def final_accuracy(result):
-        assert result.status == "ok", result.error
-        final = [e["value"] for e in result.evals if e["step"] == len(digits_class) - 1]
-        return sum(final) / len(final)
-
     naive = final_accuracy(loop.run(config("naive"), digits_class, progress=False))
     gem = final_accuracy(loop.run(config("gem", params={"patterns_per_exp": 50}), digits_class, progress=False))
     assert gem > naive + 0.15

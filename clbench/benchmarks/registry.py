@@ -37,6 +37,14 @@ class BenchmarkInfo:
     backbone: str
     description: str
 
+    def check_scenario(self, scenario: str) -> None:
+        """UsageError naming the scenario and this benchmark's valid ones, before any data is touched."""
+        if scenario not in self.scenarios:
+            raise UsageError(
+                f"benchmark {self.name!r} does not support scenario {scenario!r}; "
+                f"valid choices: {', '.join(self.scenarios)}"
+            )
+
 
 def _info(name, dataset, kind, n, backbone, description) -> BenchmarkInfo:
     return BenchmarkInfo(name, dataset, kind, _SCENARIOS[kind], n, backbone, description)
@@ -147,8 +155,7 @@ def make_stream(
     train_subset / test_subset cap the samples per experience (balanced over classes, drawn from the stream seed).
     """
     info = benchmark_info(name)
-    if scenario not in info.scenarios:
-        raise unknown_choice(f"scenario for {name}", scenario, info.scenarios)
+    info.check_scenario(scenario)
     _check_int("stream_seed", stream_seed, minimum=0)
     _check_int("n_experiences", n_experiences, minimum=1, allow_none=True)
     _check_int("train_subset", train_subset, minimum=1, allow_none=True)

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 import clbench
-from clbench.benchmarks import SCENARIOS, list_benchmarks, make_stream
+from clbench.benchmarks import SCENARIOS, benchmark_info, list_benchmarks, make_stream
 from clbench.errors import UsageError, unknown_choice
 from clbench.metrics import tables
 from clbench.strategies import TrainConfig, get_strategy, strategy_names
@@ -139,10 +139,7 @@ def _resolve_run(args):
     from clbench.runners.config import RunConfig
     from clbench.runners.store import check_writable
 
-    known_benchmarks = {info.name: info for info in list_benchmarks()}
-    for name in args.benchmark:
-        if name not in known_benchmarks:
-            raise unknown_choice("benchmark", name, known_benchmarks)
+    benchmarks = [benchmark_info(name) for name in args.benchmark]
     for scenario in args.scenario:
         if scenario not in SCENARIOS:
             raise unknown_choice("scenario", scenario, SCENARIOS)
@@ -152,15 +149,9 @@ def _resolve_run(args):
     train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, optimizer=args.optimizer,
                         eval_batch_size=args.eval_batch_size)
-    for bench in args.benchmark:
-        for scenario in args.scenario:
-            if scenario not in known_benchmarks[bench].scenarios:
-                raise UsageError(f"benchmark {bench!r} does not support scenario {scenario!r}; "
-                                 f"valid choices: {', '.join(known_benchmarks[bench].scenarios)}")
-            for cls in classes:
-                if scenario not in cls.scenarios:
-                    raise UsageError(f"strategy {cls.name!r} does not support scenario {scenario!r}; "
-                                     f"valid choices: {', '.join(sorted(cls.scenarios))}")
+    for scenario in args.scenario:
+        for checker in (*benchmarks, *classes):
+            checker.check_scenario(scenario)
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise unknown_choice("device", args.device, ["cpu", "cuda"])
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -155,11 +155,12 @@ class Strategy:
         return {name: getattr(self, name) for name in self.hyperparameters()}
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
-    def check_scenario(self, scenario: str) -> None:
-        if scenario not in self.scenarios:
+    @classmethod
+    def check_scenario(cls, scenario: str) -> None:
+        if scenario not in cls.scenarios:
             raise UsageError(
-                f"strategy {self.name!r} does not support scenario {scenario!r}; "
-                f"valid choices: {', '.join(sorted(self.scenarios))}"
+                f"strategy {cls.name!r} does not support scenario {scenario!r}; "
+                f"valid choices: {', '.join(sorted(cls.scenarios))}"
             )
 
     def setup(self, spec: StreamSpec, model: nn.Module, *, train: TrainConfig, seed: int, device="cpu") -> None:

@@ -45,6 +45,8 @@ class CenterLoss(Replay):
     """CE + `center_lambda` · center loss with the centers (and, with `freeze_head`, the classifier rows) of finished
     experiences frozen; `center_lr` is the centers' update rate; `mem_size` > 0 adds replay."""
 
+    min_mem_size = 0  # 0 turns replay off
+
     def __init__(
         self,
         center_lambda: float = 0.01,
@@ -60,14 +62,11 @@ class CenterLoss(Replay):
         self.freeze_head = freeze_head
 
     def validate(self):
+        super().validate()
         if self.center_lambda < 0:
             raise UsageError(f"center_lambda must be >= 0, got {self.center_lambda}")
         if not 0 <= self.center_lr <= 1:
             raise UsageError(f"center_lr must be in [0, 1], got {self.center_lr}")
-        if self.mem_size < 0:
-            raise UsageError(f"mem_size must be >= 0 (0 turns replay off), got {self.mem_size}")
-        if self.batch_size_mem is not None and self.batch_size_mem < 1:
-            raise UsageError(f"batch_size_mem must be at least 1 or None, got {self.batch_size_mem}")
 
     def setup(self, spec, model, *, train, seed, device="cpu"):
         super().setup(spec, model, train=train, seed=seed, device=device)

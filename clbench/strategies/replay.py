@@ -28,6 +28,8 @@ from clbench.strategies.registry import register
 class Replay(SGDStrategy):
     """Rehearsal from a `mem_size`-sample buffer; `batch_size_mem` None means the training batch size."""
 
+    min_mem_size = 1  # subclasses for which replay is optional lower it to 0 (= off)
+
     def __init__(
         self,
         mem_size: int = 200,
@@ -39,8 +41,8 @@ class Replay(SGDStrategy):
         self.batch_size_mem = batch_size_mem
 
     def validate(self):
-        if self.mem_size < 1:
-            raise UsageError(f"mem_size must be at least 1, got {self.mem_size}")
+        if self.mem_size < self.min_mem_size:
+            raise UsageError(f"mem_size must be at least {self.min_mem_size}, got {self.mem_size}")
         if self.batch_size_mem is not None and self.batch_size_mem < 1:
             raise UsageError(f"batch_size_mem must be at least 1 or None, got {self.batch_size_mem}")
 
