@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clbench.benchmarks import Batch, Stream, build_backbone
+from clbench.benchmarks import Batch, Stream, TensorData, build_backbone
 from clbench.runners.config import RunConfig
 from clbench.runners.memory import peak_rss_mb, reset_peak_rss
 from clbench.strategies import Strategy, make_strategy
+from clbench.strategies.base import TrainConfig
 
 
 class DivergedError(RuntimeError):
@@ -57,6 +59,15 @@ def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device) -> lis
             correct += (strategy.predict(x, task_id).argmax(dim=1) == y).sum().item()
         rows.append({"eval_exp": exp.index, "metric": "accuracy", "value": correct / len(test), "n": len(test)})
     return rows
+
+
+def minibatches(data: TensorData, cfg: TrainConfig, order_generator: torch.Generator) -> Iterator[Batch]:
+    """`cfg.epochs` passes over `data` in seeded random order, cut into mini-batches by tensor indexing."""
+    for _ in range(cfg.epochs):
+        order = torch.randperm(len(data), generator=order_generator).to(data.x.device)
+        for start in range(0, len(data), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            yield Batch(data.x[idx], data.y[idx], data.task[idx])
 
 
 def run(config: RunConfig, stream: Stream, *, device="cpu", progress: bool = True) -> RunResult:
@@ -104,14 +115,10 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         strategy.before_experience(exp)
         data = strategy.train_data(exp).to(device)
         losses = []
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(data), generator=order_generator).to(device)
-            for start in range(0, len(data), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                loss = strategy.train_step(Batch(data.x[idx], data.y[idx], data.task[idx]))["loss"]
-                if not math.isfinite(loss):
-                    raise DivergedError(f"loss became {loss} in experience {exp.index}")
-                losses.append(loss)
+        for loss in strategy.fit_experience(exp, minibatches(data, cfg, order_generator)):
+            if not math.isfinite(loss):
+                raise DivergedError(f"loss became {loss} in experience {exp.index}")
+            losses.append(loss)
         strategy.after_experience(exp)
         mean_loss = float(np.mean(losses)) if losses else math.nan
         bar.set_postfix(loss=f"{mean_loss:.3f}")

@@ -6,7 +6,7 @@ The runner only ever calls, in order:
     for each experience:
         before_experience(exp)
         train_data(exp)            -> the samples to cut mini-batches from (joint widens it)
-        train_step(batch)          -> {"loss": float, ...}, once per mini-batch
+        fit_experience(exp, batches) -> yields one loss per step; by default one train_step(batch) per mini-batch
         after_experience(exp)
     predict(x, task_id or None)    -> logits, under torch.no_grad() (task inference may enable grad locally)
     state_bytes()                  -> memory the method keeps beyond the model (buffers, Fisher, masks)
@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -179,6 +180,15 @@ class Strategy:
     def train_data(self, exp: Experience) -> TensorData:
         return exp.train
 
+    def fit_experience(self, exp: Experience, batches: Iterator[Batch]) -> Iterator[float]:
+        """Train on one experience, yielding each step's loss (the runner stops a run whose loss is not finite).
+
+        `batches` are the runner's seeded mini-batches of `train_data(exp)`, drawn lazily. Methods override
+        `train_step`; only a strategy that brings its own training loop (an Avalanche strategy) overrides this.
+        """
+        for batch in batches:
+            yield self.train_step(batch)["loss"]
+
     def train_step(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
 
@@ -201,16 +211,36 @@ class Strategy:
         return logits.masked_fill(~rows, MASKED_LOGIT)
 
 
+def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The output layer: clbench backbones' `head`, Avalanche models' `classifier`, else the last nn.Linear."""
+    for name in ("head", "classifier"):
+        layer = getattr(model, name, None)
+        if isinstance(layer, nn.Linear):
+            return layer
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise UsageError(f"cannot find the output layer of {type(model).__name__}: it has no nn.Linear")
+    return linears[-1]
+
+
 def tensors_nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
 
 class SGDStrategy(Strategy):
-    """A gradient-descent step with three hooks — exactly what an Avalanche plugin can carry:
+    """A gradient-descent step with four hooks — exactly what an Avalanche plugin can carry
+    (`clbench.avalanche.ClbenchPlugin` maps them one to one):
 
     augment_batch(batch)              -> batch       (replay: add memory samples)        ~ before_forward
     penalty(batch, features, logits)  -> tensor      (EWC, LwF, center loss)             ~ before_backward
     project_gradients(batch)          -> None        (GEM, A-GEM edit .grad in place)    ~ after_backward
+    after_update()                    -> None        (center loss: restore frozen rows)  ~ after_update
     """
 
     def setup(self, spec, model, *, train, seed, device="cpu"):
@@ -218,11 +248,7 @@ class SGDStrategy(Strategy):
         self.optimizer_ = self.make_optimizer()
 
     def make_optimizer(self) -> torch.optim.Optimizer:
-        cfg = self.train_config_
-        params = [p for p in self.model_.parameters() if p.requires_grad]
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return make_optimizer([p for p in self.model_.parameters() if p.requires_grad], self.train_config_)
 
     def before_experience(self, exp):
         # A fresh optimizer per experience: momentum from the previous task must not push the new one.
@@ -238,10 +264,25 @@ class SGDStrategy(Strategy):
     def project_gradients(self, batch: Batch) -> None:
         pass
 
+    def after_update(self) -> None:
+        pass
+
     # the step ---------------------------------------------------------------------------------------------------------
-    def forward(self, x: torch.Tensor):
-        features = self.model_.features(x)
-        return features, self.model_.head(features)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(penultimate features, logits): split at `features`/`head` for clbench backbones, read off the output
+        layer's input for any other model (e.g. an Avalanche SimpleMLP)."""
+        model = self.model_
+        if isinstance(getattr(model, "head", None), nn.Module) and isinstance(getattr(model, "features", None),
+                                                                                nn.Module):
+            features = model.features(x)
+            return features, model.head(features)
+        captured = []
+        handle = classifier_head(model).register_forward_pre_hook(lambda module, args: captured.append(args[0]))
+        try:
+            logits = model(x)
+        finally:
+            handle.remove()
+        return captured[-1], logits
 
     def task_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self.mask_logits(logits, batch.task), batch.y)
@@ -257,6 +298,7 @@ class SGDStrategy(Strategy):
         total.backward()
         self.project_gradients(batch)
         self.optimizer_.step()
+        self.after_update()
         stats = {"loss": total.item()}
         if penalty is not None:
             stats["penalty"] = penalty.item()

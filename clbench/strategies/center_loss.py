@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 
 from clbench.errors import UsageError
-from clbench.strategies.base import tensors_nbytes
+from clbench.strategies.base import classifier_head, tensors_nbytes
 from clbench.strategies.registry import register
 from clbench.strategies.replay import Replay
 
@@ -70,14 +70,15 @@ class CenterLoss(Replay):
 
     def setup(self, spec, model, *, train, seed, device="cpu"):
         super().setup(spec, model, train=train, seed=seed, device=device)
-        self.centers_ = torch.zeros(spec.n_classes, model.feature_dim, device=self.device_)
+        self.head_ = classifier_head(model)
+        self.centers_ = torch.zeros(spec.n_classes, self.head_.in_features, device=self.device_)
         self.frozen_ = torch.zeros(spec.n_classes, dtype=torch.bool, device=self.device_)  # units of finished exps
         self.frozen_head_: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def before_experience(self, exp):
         super().before_experience(exp)
         if self.freeze_head and self.frozen_.any():
-            head = self.model_.head
+            head = self.head_
             self.frozen_head_ = (head.weight.detach()[self.frozen_].clone(), head.bias.detach()[self.frozen_].clone())
 
     def penalty(self, batch, features, logits):
@@ -94,13 +95,11 @@ class CenterLoss(Replay):
         learn = (counts.squeeze(1) > 0) & ~self.frozen_
         self.centers_[learn] -= self.center_lr * delta[learn]
 
-    def train_step(self, batch):
-        stats = super().train_step(batch)
+    def after_update(self):
         if self.frozen_head_ is not None:  # undo the step on the old units' rows (exact under momentum/weight decay)
             with torch.no_grad():
-                self.model_.head.weight[self.frozen_] = self.frozen_head_[0]
-                self.model_.head.bias[self.frozen_] = self.frozen_head_[1]
-        return stats
+                self.head_.weight[self.frozen_] = self.frozen_head_[0]
+                self.head_.bias[self.frozen_] = self.frozen_head_[1]
 
     def after_experience(self, exp):
         if self.mem_size > 0:
