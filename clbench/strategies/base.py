@@ -18,6 +18,7 @@ defaults, *is* the hyperparameter list that `clbench list` prints and `--set` ch
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
 import types
 import typing
@@ -112,6 +113,14 @@ def _coerce(annotation, value):
         return ok, float(value) if ok else value
     if annotation is str:
         return isinstance(value, str), value
+    if origin in (list, tuple, collections.abc.Sequence):  # e.g. Sequence[float]: one value per experience
+        args = typing.get_args(annotation)
+        ok = isinstance(value, (list, tuple)) and all(_coerce(args[0], v)[0] for v in value) if args else True
+        return ok, value
+    if origin is not None:
+        return isinstance(value, origin), value
+    if not isinstance(annotation, type):  # an annotation clbench cannot check (a forward reference, a TypeVar)
+        return True, value
     return isinstance(value, annotation), value
 
 

@@ -10,6 +10,7 @@ from clbench.errors import UsageError, unknown_choice
 from clbench.strategies.base import Strategy
 
 ENTRY_POINT_GROUP = "clbench.strategies"
+AVALANCHE_PREFIX = "avalanche:"  # avalanche:EWC runs Avalanche's own EWC in clbench's runner
 
 # name -> module; a module registers its class with @register when imported.
 BUILTIN_MODULES = {
@@ -59,6 +60,9 @@ def get_strategy(name: str) -> type[Strategy]:
     if name in BUILTIN_MODULES:
         importlib.import_module(BUILTIN_MODULES[name])
         return _REGISTRY[name]
+    if name.startswith(AVALANCHE_PREFIX):
+        _REGISTRY[name] = _avalanche_strategy(name)
+        return _REGISTRY[name]
     if ":" in name:
         module_name, _, attr = name.partition(":")
         try:
@@ -76,7 +80,7 @@ def get_strategy(name: str) -> type[Strategy]:
         if not cls.name:
             cls.name = name
         return cls
-    raise unknown_choice("strategy", name, strategy_names() + ["package.module:Class"])
+    raise unknown_choice("strategy", name, strategy_names() + ["package.module:Class", "avalanche:ClassName"])
 
 
 def describe_params(name: str, params: dict) -> str:
@@ -92,3 +96,13 @@ def describe_params(name: str, params: dict) -> str:
 
 def make_strategy(name: str, params: dict | None = None) -> Strategy:
     return get_strategy(name).from_params(params or {})
+
+
+def _avalanche_strategy(name: str) -> type[Strategy]:
+    try:
+        from clbench.avalanche.baselines import avalanche_strategy
+    except ImportError as err:
+        raise UsageError(
+            f"strategy {name!r} needs avalanche-lib ({err}); install it with: pip install 'clbench[avalanche]'"
+        ) from None
+    return avalanche_strategy(name)
