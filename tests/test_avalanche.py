@@ -4,6 +4,7 @@ strategy, stream ⇄ benchmark conversion, and Avalanche's strategies in our run
 import io
 import re
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -293,3 +294,18 @@ def test_without_avalanche_the_error_names_the_extra(monkeypatch):
         monkeypatch.delitem(sys.modules, module)
     with pytest.raises(UsageError, match=r"clbench\[avalanche\]"):
         get_strategy("avalanche:Naive-not-cached")
+
+
+def test_readme_avalanche_examples_run(capsys):
+    """The README's Avalanche examples are pasted as they are (they must stay true)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Avalanche\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    for block in blocks:
+        namespace = {}
+        exec(compile(block, "README.md", "exec"), namespace)
+        strategy = namespace["strategy"]
+        metrics = strategy.eval(namespace["benchmark"].test_stream)
+        assert stream_accuracy(metrics) > 0.3  # well above the last task alone (0.2 in class-IL)
+    assert "Top1_Acc_Stream" in capsys.readouterr().out  # the InteractiveLogger printed Avalanche's metrics
