@@ -97,8 +97,18 @@ def test_bad_hyperparameters_name_the_value_and_choices():
 def test_user_strategy_by_module_path():
     cls = get_strategy("tests.user_strategies:Diverging")
     assert issubclass(cls, Strategy)
-    with pytest.raises(UsageError, match="cannot load"):
-        get_strategy("tests.no_such_module:X")
+    for bad in ("tests.user_strategies:NoSuchClass", "tests.no_such_module:X"):
+        with pytest.raises(UsageError, match="cannot load"):
+            get_strategy(bad)
+
+
+def test_a_users_subclass_of_a_builtin_runs_as_itself(digits_class):
+    variant = get_strategy("tests.user_strategies:KeepOptimizer")
+    assert variant.name == "tests.user_strategies:KeepOptimizer" and get_strategy("agem").name == "agem"
+    ours = loop.run(config("tests.user_strategies:KeepOptimizer"), digits_class, progress=False)
+    builtin = loop.run(config("agem"), digits_class, progress=False)
+    assert ours.status == builtin.status == "ok"
+    assert ours.evals != builtin.evals  # the override took effect (momentum carried over)
 
 
 # -- defining properties ---------------------------------------------------------------------------------------------

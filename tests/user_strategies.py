@@ -2,6 +2,7 @@
 
 
 from clbench.strategies import SGDStrategy
+from clbench.strategies.agem import AGEM
 
 
 class Diverging(SGDStrategy):
@@ -17,3 +18,12 @@ class Diverging(SGDStrategy):
     def penalty(self, batch, features, logits):
         self.steps_ += 1
         return logits.new_tensor(float("nan")) if self.steps_ > self.steps_before_nan else None
+
+
+class KeepOptimizer(AGEM):
+    """A user's variant of a built-in: A-GEM whose optimizer state carries over between experiences."""
+
+    def before_experience(self, exp):
+        if not hasattr(self, "optimizer_kept_"):
+            self.optimizer_kept_ = True
+            super().before_experience(exp)

@@ -71,13 +71,13 @@ def get_strategy(name: str) -> type[Strategy]:
             raise UsageError(f"cannot load strategy {name!r}: {err}") from None
         if not (isinstance(cls, type) and issubclass(cls, Strategy)):
             raise UsageError(f"strategy {name!r} is not a clbench.strategies.Strategy subclass")
-        if not cls.name:
+        if not cls.__dict__.get("name"):  # a subclass of a built-in must not run under its parent's name
             cls.name = name
         return cls
     plugins = _plugin_entry_points()
     if name in plugins:
         cls = plugins[name].load()
-        if not cls.name:
+        if not cls.__dict__.get("name"):  # a subclass of a built-in must not run under its parent's name
             cls.name = name
         return cls
     raise unknown_choice("strategy", name, strategy_names() + ["package.module:Class", "avalanche:ClassName"])
