@@ -1,5 +1,6 @@
 """The command line end to end on tiny real data, and its handling of bad input."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from clbench.metrics import tables
 from clbench.runners.cli import main, parse_set_items
 from clbench.strategies import get_strategy
+from tests.conftest import config
 
 FMNIST_AVAILABLE = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
 QUICK = ["--epochs", "1", "--batch-size", "32", "--lr", "0.05", "--momentum", "0.9", "--quiet"]
@@ -93,6 +95,7 @@ BAD_INPUTS = [
     (["--device", "tpu"], "unknown device 'tpu'", "cpu"),
     (["--epochs", "0"], "epochs must be at least 1", "0"),
     (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'", "adam, sgd"),
+    (["--eval-every", "0"], "--eval-every must be at least 1", "0"),
 ]
 
 
@@ -172,3 +175,35 @@ def test_fashion_mnist_subset_end_to_end(tmp_path):
     # task-IL on split Fashion-MNIST is easy: even 200 samples per task are far above chance (0.5)
     split = summary[summary.benchmark == "split-fmnist"]
     assert (split["acc"] > 0.7).all()
+
+
+def test_eval_every_bounds_evaluation_and_keeps_the_exact_metrics(digits_class):
+    from clbench.runners.loop import run
+
+    full = run(config("ewc"), digits_class, progress=False)
+    sparse_config = dataclasses.replace(config("ewc"), eval_every=3)
+    sparse = run(sparse_config, digits_class, progress=False)
+    assert sparse_config.run_id != config("ewc").run_id and "eval_every" not in config("ewc").canonical()
+    evaluated = {}
+    for row in sparse.evals:
+        evaluated.setdefault(row["step"], []).append(row["eval_exp"])
+    # T=5, k=3: full rows at −1, 2 (every third) and 4 (last); in between the diagonal and the next experience
+    assert evaluated == {-1: [0, 1, 2, 3, 4], 0: [0, 1], 1: [1, 2], 2: [0, 1, 2, 3, 4], 3: [3, 4], 4: [0, 1, 2, 3, 4]}
+    assert len(sparse.evals) == 21 < len(full.evals) == 30
+
+    def summary(result):
+        df = pd.DataFrame([{"run_id": "r", **row} for row in result.evals])
+        R, b = tables.matrices_from_evals(df, "r")
+        return _metrics(R, b)
+
+    exact, bounded = summary(full), summary(sparse)
+    for name in ("acc", "bwt", "fwt", "la"):  # these read only entries that are always evaluated
+        assert bounded[name] == exact[name]
+    assert bounded["forgetting"] <= exact["forgetting"]  # the max runs over fewer rows
+
+
+def _metrics(R, b):
+    from clbench import metrics
+
+    return {"acc": metrics.accuracy(R), "bwt": metrics.backward_transfer(R), "fwt": metrics.forward_transfer(R, b),
+            "la": metrics.learning_accuracy(R), "forgetting": metrics.forgetting(R)}

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-batch-size", type=int, default=2048)
     run.add_argument("--train-subset", type=int, default=None, metavar="N", help="at most N train samples per exp.")
     run.add_argument("--test-subset", type=int, default=None, metavar="N", help="at most N test samples per exp.")
+    run.add_argument("--eval-every", type=int, default=1, metavar="K",
+                     help="full accuracy rows every K experiences (and the last); in between only R[i,i], R[i,i+1]")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     run.add_argument("--data-root", default=None, help="dataset folder (default: $CLBENCH_DATA or a user cache)")
@@ -156,7 +158,7 @@ def _resolve_run(args):
         raise unknown_choice("device", args.device, ["cpu", "cuda"])
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"device {args.device!r} requested but CUDA is not available; valid choices here: cpu")
-    for flag in ("train_subset", "test_subset", "n_experiences", "threads"):
+    for flag in ("train_subset", "test_subset", "n_experiences", "threads", "eval_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -173,7 +175,7 @@ def _resolve_run(args):
     configs = [
         RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, params=params[cls.name], seed=seed,
                   stream_seed=args.stream_seed, n_experiences=args.n_experiences, train_subset=args.train_subset,
-                  test_subset=args.test_subset, train=train)
+                  test_subset=args.test_subset, train=train, eval_every=args.eval_every)
         for bench in args.benchmark for scenario in args.scenario for cls in classes for seed in args.seeds
     ]
     return configs, streams

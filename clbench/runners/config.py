@@ -24,17 +24,21 @@ class RunConfig:
     train_subset: int | None = None
     test_subset: int | None = None
     train: TrainConfig = TrainConfig()
+    eval_every: int = 1  # full rows of R every k training experiences (and at the last); see loop.evaluated
 
     def canonical(self, *, with_seed: bool = True) -> dict:
         out = dataclasses.asdict(self)
         if not with_seed:
             out.pop("seed")
+        if self.eval_every == 1:  # the default is left out so that run ids from before the option stay valid
+            out.pop("eval_every")
         return out
 
     def settings(self) -> dict:
-        """The runner's settings (optimisation and data sizes), without the method and its hyperparameters."""
+        """The runner's settings (optimisation, data sizes, evaluation), without the method and its hyperparameters."""
         return dataclasses.asdict(self.train) | {
             "n_experiences": self.n_experiences, "train_subset": self.train_subset, "test_subset": self.test_subset,
+            "eval_every": self.eval_every,
         }
 
     @property

@@ -45,11 +45,25 @@ def run_seeds(config: RunConfig) -> tuple[int, int, int]:
     return int(init), int(order), int(strategy)
 
 
+def evaluated(step: int, n_experiences: int, eval_every: int) -> list[int]:
+    """The experiences evaluated after training experience `step` (−1: before training).
+
+    The full row at step −1 (b), at every `eval_every`-th step and at the last one (ACC); in between only the
+    experience just trained and the next one — the entries R[i, i] and R[i, i+1] that learning accuracy, BWT,
+    forgetting and FWT read — so a long stream costs O(T²/k) evaluations instead of O(T²), and the metrics skip the
+    missing entries term by term (docs/METRICS.md).
+    """
+    if step < 0 or step == n_experiences - 1 or (step + 1) % eval_every == 0:
+        return list(range(n_experiences))
+    return [j for j in (step, step + 1) if j < n_experiences]
+
+
 @torch.no_grad()
-def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device) -> list[dict]:
-    """Accuracy of the strategy's predictions on every experience's test set; task ids only in task-IL."""
+def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device, experiences=None) -> list[dict]:
+    """Accuracy of the strategy's predictions on the test sets of `experiences` (default all); task ids only in
+    task-IL."""
     rows = []
-    for exp in stream:
+    for exp in stream if experiences is None else (stream[j] for j in experiences):
         test = exp.test
         task_id = exp.task_id if stream.spec.scenario == "task" else None
         correct = 0
@@ -95,7 +109,8 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
 
     def record(step: int, train_s: float, loss: float) -> None:
         t0 = time.perf_counter()
-        for row in evaluate(strategy, stream, cfg.eval_batch_size, device):
+        chosen = evaluated(step, len(stream), config.eval_every)
+        for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen):
             result.evals.append({"step": step, **row})
         result.costs.append(
             {
