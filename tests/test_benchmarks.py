@@ -10,6 +10,7 @@ from clbench.benchmarks import (
     BenchmarkInfo,
     ReducedResNet18,
     StreamSpec,
+    TransformedTensorData,
     build_backbone,
     list_benchmarks,
     load_dataset,
@@ -113,6 +114,24 @@ def test_permuted_fixed_distinct_permutations(digits):
     assert_streams_equal(stream, make_stream("permuted-digits", "domain", stream_seed=1))
     other = make_stream("permuted-digits", "domain", stream_seed=2)
     assert not torch.equal(other[0].train.x, stream[0].train.x)
+
+
+def test_long_permuted_streams_share_one_copy_of_the_training_data(digits):
+    stream = make_stream("permuted-digits", "domain", n_experiences=50)
+    perms = pixel_permutations(64, 50, 0)
+    sources = {exp.train.source.data_ptr() for exp in stream}
+    assert sources == {digits.train_x.data_ptr()}  # 50 experiences, one stored training set
+    exp = stream[7]
+    assert isinstance(exp.train, TransformedTensorData) and len(exp.train) == len(digits.train_y)
+    expected = digits.train_x.flatten(1)[:, perms[7]].reshape(digits.train_x.shape)
+    assert torch.equal(exp.train.x, expected)
+    index = torch.tensor([5, 0, 42])
+    picked = exp.train.subset(index)
+    assert torch.equal(picked.x, expected[index]) and torch.equal(picked.task, torch.full((3,), 7))
+    assert torch.equal(exp.train.to("cpu").x, expected) and exp.train.nbytes == exp.train.to("cpu").nbytes
+    sliced = stream[7:9]  # re-indexed experiences stay lazy
+    assert isinstance(sliced[0].train, TransformedTensorData) and torch.equal(sliced[0].train.x, expected)
+    assert torch.all(sliced[0].train.task == 0)
 
 
 def test_permuted_task_offsets_labels(digits):

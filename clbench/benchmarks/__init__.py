@@ -5,7 +5,7 @@ package stays cheap for code that only needs the data model.
 """
 
 from .backbones import MLP, Backbone, ReducedResNet18, build_backbone
-from .base import SCENARIOS, Batch, Experience, Stream, StreamSpec, TensorData
+from .base import SCENARIOS, Batch, Experience, Stream, StreamSpec, TensorData, TransformedTensorData
 from .datasets import DATASETS, Dataset, default_data_root, load_dataset
 from .generators import (
     permuted_stream,
@@ -29,6 +29,7 @@ __all__ = [
     "Stream",
     "StreamSpec",
     "TensorData",
+    "TransformedTensorData",
     "benchmark_info",
     "build_backbone",
     "default_data_root",

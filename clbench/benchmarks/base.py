@@ -45,6 +45,39 @@ class TensorData:
     def to(self, device) -> TensorData:
         return TensorData(self.x.to(device), self.y.to(device), self.task.to(device))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the samples (inputs, labels, task ids) as a method holding them would store them."""
+        return sum(t.numel() * t.element_size() for t in (self.x, self.y, self.task))
+
+
+class TransformedTensorData(TensorData):
+    """Samples whose inputs are `transform(source)`, computed when read instead of stored, so that a permuted stream
+    of T experiences keeps one copy of the dataset instead of T. Every read of `.x` recomputes it (take it once per
+    use); `subset` transforms only the chosen samples (the transform acts per sample), and `to` returns plain data.
+    """
+
+    def __init__(self, source: torch.Tensor, transform, y: torch.Tensor, task: torch.Tensor):
+        if len(source) != len(y) or len(task) != len(y):
+            raise ValueError(f"source, y and task must have the same length, got {len(source)}, {len(y)}, {len(task)}")
+        for name, value in (("source", source), ("transform", transform), ("y", y), ("task", task)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.transform(self.source)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index) -> TensorData:
+        return TensorData(self.transform(self.source[index]), self.y[index], self.task[index])
+
+    @property
+    def nbytes(self) -> int:
+        per_sample = self.source[:1].numel() * 4 + 2 * 8  # float32 inputs once transformed, int64 label and task
+        return len(self) * per_sample
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -139,6 +172,8 @@ def _reindexed(exp: Experience, index: int) -> Experience:
         return exp
 
     def retag(d: TensorData) -> TensorData:
+        if isinstance(d, TransformedTensorData):
+            return TransformedTensorData(d.source, d.transform, d.y, torch.full_like(d.task, index))
         return TensorData(d.x, d.y, torch.full_like(d.task, index))
 
     return Experience(index=index, classes=exp.classes, train=retag(exp.train), test=retag(exp.test))

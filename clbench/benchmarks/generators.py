@@ -13,6 +13,7 @@ Labels inside a stream are output units (see base.py):
 
 from __future__ import annotations
 
+import functools
 import numbers
 from collections.abc import Sequence
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError, unknown_choice
-from .base import SCENARIOS, Experience, Stream, StreamSpec, TensorData
+from .base import SCENARIOS, Experience, Stream, StreamSpec, TensorData, TransformedTensorData
 from .datasets import Dataset
 
 SPLIT_SCENARIOS = ("class", "task")  # sorted, as unknown_choice lists them
@@ -146,18 +147,25 @@ def _transformed_stream(
     k = ds.n_classes
     offset = scenario == "task"  # task-IL: experience t owns units [k*t, k*(t+1))
 
-    def part(x, y, t, cap, tag):
+    def part(x, y, t, cap, tag, lazy):
         # Subsample before transforming: rotating 60k images per experience only to drop most is wasted work.
         index = balanced_subsample(y, cap, _generator(stream_seed, tag, t))
-        return _tensor_data(transform(x[index], t), y[index] + (k * t if offset else 0), t)
+        labels = y[index] + (k * t if offset else 0)
+        if not lazy:
+            return _tensor_data(transform(x[index], t), labels, t)
+        source = x if len(index) == len(x) else x[index]  # the whole dataset is shared, not copied
+        return TransformedTensorData(source, functools.partial(transform, t=t), labels,
+                                     torch.full((len(labels),), t, dtype=torch.int64))
 
     units = tuple(tuple(range(k * t, k * (t + 1)) if offset else range(k)) for t in range(n_experiences))
     experiences = [
         Experience(
             t,
             units[t],
-            part(ds.train_x, ds.train_y, t, train_subset, _TRAIN_SUBSET),
-            part(ds.test_x, ds.test_y, t, test_subset, _TEST_SUBSET),
+            # Training sets (read once or twice per experience) are transformed when read, so memory does not grow
+            # with T; test sets (read after every experience) are stored.
+            part(ds.train_x, ds.train_y, t, train_subset, _TRAIN_SUBSET, lazy=True),
+            part(ds.test_x, ds.test_y, t, test_subset, _TEST_SUBSET, lazy=False),
         )
         for t in range(n_experiences)
     ]

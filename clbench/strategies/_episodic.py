@@ -35,7 +35,7 @@ class EpisodicGradientStrategy(SGDStrategy):
     def after_experience(self, exp):
         data = exp.train
         keep = torch.randperm(len(data), generator=self.generator_)[: self.patterns_per_exp]
-        new = data.subset(keep.to(data.x.device)).to(self.device_)
+        new = data.subset(keep.to(data.y.device)).to(self.device_)
         self.memory_ = new if self.memory_ is None else TensorData.concat([self.memory_, new])
         self.memory_sizes_.append(len(new))
 

@@ -4,7 +4,7 @@ union of experiences 0..i, as if all that data had arrived at once."""
 import copy
 
 from clbench.benchmarks.base import TensorData
-from clbench.strategies.base import SGDStrategy, tensors_nbytes
+from clbench.strategies.base import SGDStrategy
 from clbench.strategies.registry import register
 
 
@@ -31,4 +31,4 @@ class Joint(SGDStrategy):
         return TensorData.concat(self.seen_)
 
     def state_bytes(self):
-        return sum(tensors_nbytes(d.x, d.y, d.task) for d in self.seen_)
+        return sum(d.nbytes for d in self.seen_)
