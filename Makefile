@@ -17,7 +17,7 @@ test: install data
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/ruff check clbench tests
+	$(BIN)/ruff check clbench tests scripts
 
 install: $(VENV)/.installed
 

@@ -1,34 +1,48 @@
 """Speed, side by side: clbench's strategies against Avalanche's own on identical work, and the bare-torch floor.
 
-In one process, for each repeat and each strategy, runs clbench's implementation and then Avalanche's (through
-clbench's runner as `avalanche:<Class>`: same stream, backbone, initial weights, optimiser settings, epochs and
-seed; Avalanche trains each experience with its own loop). Training seconds are the runner's per-experience train
-times summed (evaluation excluded, identical for both). Also times the bare-torch floor: the same model and number
-of optimizer steps, batches cut from an in-memory tensor by indexing, nothing else. Prints medians over the repeats,
-the ratio Avalanche / clbench, both final accuracies (mean over repeats; every repeat uses the same seeds, so they
-are equal up to thread-order noise), and naive's ratio to the floor.
+The stream is Avalanche's own SplitFMNIST (5 experiences, seed 0), and clbench runs on `from_avalanche` of it: the
+same samples, class order and normalisation. In one process, for each repeat and each strategy, it runs
+
+  * clbench's implementation in clbench's runner;
+  * Avalanche's strategy class on that Avalanche benchmark, as an Avalanche user runs it (its datasets and
+    transforms, its data loader, its loop);
+  * Avalanche's strategy class inside clbench's runner (`avalanche:<Class>`), i.e. fed clbench's in-memory tensors:
+    Avalanche's best case;
+
+each time with the same model, initial weights, optimiser settings, epochs and seed. Times are training seconds
+(evaluation excluded): the runner's per-experience train times summed, or the `train()` calls. It also times the
+bare-torch floor: the same model and number of optimizer steps, batches cut from an in-memory tensor by indexing,
+nothing else. Prints medians over the repeats, the speed-ups, the final accuracies (every repeat uses the same
+seeds) and naive's ratio to the floor.
 
 joint is compared with Avalanche's `Cumulative`: both train, at experience i, on the union of experiences 0..i (the
 same optimizer steps; clbench's joint also restarts from the initial weights). Avalanche's `JointTraining` trains
 once on everything and has no per-experience row.
 
+Needs the avalanche extra and Fashion-MNIST (Debian's dataset-fashion-mnist, or the IDX files in the data root).
 Usage: python scripts/speed_benchmark.py [--repeats 3] [--threads 2] [--strategies naive ewc ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import math
+import random
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clbench.benchmarks import build_backbone, make_stream
+from clbench.benchmarks import build_backbone, datasets
 from clbench.runners.config import RunConfig
-from clbench.runners.loop import run
-from clbench.strategies.base import TrainConfig
+from clbench.runners.loop import evaluate, run, run_seeds
+from clbench.strategies.base import TrainConfig, make_optimizer
 
 # clbench strategy -> (Avalanche class, parameters for both sides so that they do the same work)
 PAIRS = {
@@ -43,16 +57,70 @@ PAIRS = {
 }
 
 
+def train_config(args) -> TrainConfig:
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum)
+
+
 def timed_run(strategy: str, params: dict, args, stream) -> tuple[float, float]:
-    config = RunConfig(benchmark=args.benchmark, scenario=args.scenario, strategy=strategy, params=params, seed=0,
-                       train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                         momentum=args.momentum))
+    """clbench's runner: (training seconds, final average accuracy)."""
+    config = RunConfig(benchmark=stream.spec.name, scenario=stream.spec.scenario, strategy=strategy, params=params,
+                       seed=0, train=train_config(args))
     result = run(config, stream, progress=False)
     if result.status != "ok":
         raise SystemExit(f"{strategy} failed: {result.error}")
     train_s = sum(c["train_s"] for c in result.costs)
     final = [e["value"] for e in result.evals if e["step"] == len(stream) - 1]
     return train_s, sum(final) / len(final)
+
+
+class _Predictor:
+    def __init__(self, model):
+        self.model = model
+
+    def predict(self, x, task_id):
+        self.model.eval()
+        return self.model(x)
+
+
+def timed_avalanche(class_name: str, params: dict, args, benchmark, stream) -> tuple[float, float]:
+    """Avalanche's strategy on its own benchmark, the way its users run it: (training seconds, final accuracy)."""
+    import avalanche.training
+
+    init_seed, _, strategy_seed = run_seeds(RunConfig(stream.spec.name, stream.spec.scenario, class_name, seed=0))
+    torch.manual_seed(init_seed)
+    model = build_backbone(stream.spec)
+    torch.manual_seed(strategy_seed)
+    random.seed(strategy_seed)
+    np.random.seed(strategy_seed % 2**32)
+    cfg = train_config(args)
+    strategy = getattr(avalanche.training, class_name)(
+        model=model, optimizer=make_optimizer(model.parameters(), cfg), criterion=torch.nn.CrossEntropyLoss(),
+        train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size, evaluator=None,
+        **params)
+    seconds = 0.0
+    for experience in benchmark.train_stream:
+        started = time.perf_counter()
+        strategy.train(experience, eval_streams=[])
+        seconds += time.perf_counter() - started
+    rows = evaluate(_Predictor(model), stream, cfg.eval_batch_size, "cpu")
+    return seconds, sum(r["value"] for r in rows) / len(rows)
+
+
+def avalanche_split_fmnist(root: Path):
+    """Avalanche's SplitFMNIST over the local Fashion-MNIST files (unpacked into torchvision's layout under root)."""
+    from avalanche.benchmarks.classic import SplitFMNIST
+
+    files = datasets._find_idx(Path(datasets.default_data_root()) / "FashionMNIST" / "raw") or datasets._find_idx(
+        datasets.DEBIAN_FMNIST_DIR)
+    if files is None:
+        raise SystemExit("Fashion-MNIST not found (apt-get install dataset-fashion-mnist)")
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in files.values():
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as src, open(raw / path.name.removesuffix(".gz"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return SplitFMNIST(n_experiences=5, seed=0, return_task_id=False, dataset_root=str(root))
 
 
 def bare_torch_floor(args, stream) -> float:
@@ -79,8 +147,6 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=list(PAIRS), choices=list(PAIRS))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--benchmark", default="split-fmnist")
-    parser.add_argument("--scenario", default="class")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
@@ -88,38 +154,47 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    stream = make_stream(args.benchmark, args.scenario)
-    n_steps = sum(math.ceil(len(e.train) / args.batch_size) for e in stream) * args.epochs
-    print(f"{args.benchmark} {args.scenario}-IL, {len(stream)} experiences, {n_steps} steps per pass, "
-          f"batch {args.batch_size}, {args.epochs} epoch(s), {args.threads} thread(s), {args.repeats} repeats; "
-          f"torch {torch.__version__}", flush=True)
+    from clbench.avalanche import from_avalanche
+    from clbench.avalanche.streams import quiet_avalanche
 
-    times: dict[tuple[str, str], list[float]] = {}
-    accs: dict[tuple[str, str], list[float]] = {}
-    floor: list[float] = []
-    for repeat in range(args.repeats):
-        floor.append(bare_torch_floor(args, stream))
-        for name in args.strategies:
-            avalanche_class, ours, theirs = PAIRS[name]
-            for side, strategy, params in (("clbench", name, ours), ("avalanche", f"avalanche:{avalanche_class}",
-                                                                      theirs)):
-                seconds, accuracy = timed_run(strategy, params, args, stream)
-                times.setdefault((name, side), []).append(seconds)
-                accs.setdefault((name, side), []).append(accuracy)
-        print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)
+    with tempfile.TemporaryDirectory() as tmp, quiet_avalanche():
+        benchmark = avalanche_split_fmnist(Path(tmp))
+        stream = from_avalanche(benchmark, name="avalanche-split-fmnist")
+        n_steps = sum(math.ceil(len(e.train) / args.batch_size) for e in stream) * args.epochs
+        print(f"Avalanche SplitFMNIST (seed 0) class-IL, {len(stream)} experiences, {n_steps} steps per pass, batch "
+              f"{args.batch_size}, {args.epochs} epoch(s), {args.threads} thread(s), {args.repeats} repeats; torch "
+              f"{torch.__version__}", flush=True)
+        sides = ("clbench", "avalanche", "avalanche-tensors")
+        times: dict[tuple[str, str], list[float]] = {}
+        accs: dict[tuple[str, str], list[float]] = {}
+        floor: list[float] = []
+        for repeat in range(args.repeats):
+            floor.append(bare_torch_floor(args, stream))
+            for name in args.strategies:
+                avalanche_class, ours, theirs = PAIRS[name]
+                for side in sides:
+                    if side == "clbench":
+                        seconds, accuracy = timed_run(name, ours, args, stream)
+                    elif side == "avalanche":
+                        seconds, accuracy = timed_avalanche(avalanche_class, theirs, args, benchmark, stream)
+                    else:
+                        seconds, accuracy = timed_run(f"avalanche:{avalanche_class}", theirs, args, stream)
+                    times.setdefault((name, side), []).append(seconds)
+                    accs.setdefault((name, side), []).append(accuracy)
+            print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)
 
     floor_s = statistics.median(floor)
     print(f"\nbare-torch floor (naive's steps, tensor indexing only): {floor_s:.2f} s (median)\n")
-    header = f"{'strategy':<8} {'avalanche':>10} {'clbench s':>10} {'speed-up':>9} {'acc ava':>8} {'acc clb':>8} " \
-             f"{'diff':>6}"
+    header = (f"{'strategy':<8} {'clbench s':>9} {'avalanche s':>11} {'speed-up':>8} {'ava-tensors s':>13} "
+              f"{'speed-up':>8} {'acc clb':>7} {'acc ava':>7} {'diff':>5}")
     print(header)
     print("-" * len(header))
     for name in args.strategies:
-        ours, theirs = statistics.median(times[name, "clbench"]), statistics.median(times[name, "avalanche"])
+        ours, theirs, tensors = (statistics.median(times[name, side]) for side in sides)
         acc_ours, acc_theirs = statistics.mean(accs[name, "clbench"]), statistics.mean(accs[name, "avalanche"])
-        label = f"{name}" if name != "joint" else "joint*"
-        print(f"{label:<8} {theirs:>10.2f} {ours:>10.2f} {theirs / ours:>8.2f}x {acc_theirs:>8.3f} {acc_ours:>8.3f} "
-              f"{100 * (acc_ours - acc_theirs):>+6.1f}")
+        label = name if name != "joint" else "joint*"
+        print(f"{label:<8} {ours:>9.2f} {theirs:>11.2f} {theirs / ours:>7.2f}x {tensors:>13.2f} "
+              f"{tensors / ours:>7.2f}x {acc_ours:>7.3f} {acc_theirs:>7.3f} {100 * (acc_ours - acc_theirs):>+5.1f}")
     if "naive" in args.strategies:
         print(f"\nnaive / floor: {statistics.median(times['naive', 'clbench']) / floor_s:.2f}x")
     if "joint" in args.strategies:
