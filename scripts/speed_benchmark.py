@@ -12,8 +12,9 @@ same samples, class order and normalisation. In one process, for each repeat and
 each time with the same model, initial weights, optimiser settings, epochs and seed. Times are training seconds
 (evaluation excluded): the runner's per-experience train times summed, or the `train()` calls. It also times the
 bare-torch floor: the same model and number of optimizer steps, batches cut from an in-memory tensor by indexing,
-nothing else. Prints medians over the repeats, the speed-ups, the final accuracies (every repeat uses the same
-seeds) and naive's ratio to the floor.
+nothing else. Repeat r uses seed r (model init, data order, the method's sampling) on every side; prints the median
+seconds over the repeats, the speed-ups, the final accuracies averaged over the seeds, and naive's ratio to the
+floor.
 
 joint is compared with Avalanche's `Cumulative`: both train, at experience i, on the union of experiences 0..i (the
 same optimizer steps; clbench's joint also restarts from the initial weights). Avalanche's `JointTraining` trains
@@ -61,10 +62,10 @@ def train_config(args) -> TrainConfig:
     return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum)
 
 
-def timed_run(strategy: str, params: dict, args, stream) -> tuple[float, float]:
+def timed_run(strategy: str, params: dict, args, stream, seed: int) -> tuple[float, float]:
     """clbench's runner: (training seconds, final average accuracy)."""
     config = RunConfig(benchmark=stream.spec.name, scenario=stream.spec.scenario, strategy=strategy, params=params,
-                       seed=0, train=train_config(args))
+                       seed=seed, train=train_config(args))
     result = run(config, stream, progress=False)
     if result.status != "ok":
         raise SystemExit(f"{strategy} failed: {result.error}")
@@ -82,11 +83,11 @@ class _Predictor:
         return self.model(x)
 
 
-def timed_avalanche(class_name: str, params: dict, args, benchmark, stream) -> tuple[float, float]:
+def timed_avalanche(class_name: str, params: dict, args, benchmark, stream, seed: int) -> tuple[float, float]:
     """Avalanche's strategy on its own benchmark, the way its users run it: (training seconds, final accuracy)."""
     import avalanche.training
 
-    init_seed, _, strategy_seed = run_seeds(RunConfig(stream.spec.name, stream.spec.scenario, class_name, seed=0))
+    init_seed, _, strategy_seed = run_seeds(RunConfig(stream.spec.name, stream.spec.scenario, class_name, seed=seed))
     torch.manual_seed(init_seed)
     model = build_backbone(stream.spec)
     torch.manual_seed(strategy_seed)
@@ -174,11 +175,11 @@ def main() -> None:
                 avalanche_class, ours, theirs = PAIRS[name]
                 for side in sides:
                     if side == "clbench":
-                        seconds, accuracy = timed_run(name, ours, args, stream)
+                        seconds, accuracy = timed_run(name, ours, args, stream, repeat)
                     elif side == "avalanche":
-                        seconds, accuracy = timed_avalanche(avalanche_class, theirs, args, benchmark, stream)
+                        seconds, accuracy = timed_avalanche(avalanche_class, theirs, args, benchmark, stream, repeat)
                     else:
-                        seconds, accuracy = timed_run(f"avalanche:{avalanche_class}", theirs, args, stream)
+                        seconds, accuracy = timed_run(f"avalanche:{avalanche_class}", theirs, args, stream, repeat)
                     times.setdefault((name, side), []).append(seconds)
                     accs.setdefault((name, side), []).append(accuracy)
             print(f"  repeat {repeat + 1}/{args.repeats} done", flush=True)

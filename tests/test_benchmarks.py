@@ -12,6 +12,7 @@ from clbench.benchmarks import (
     StreamSpec,
     TransformedTensorData,
     build_backbone,
+    generators,
     list_benchmarks,
     load_dataset,
     make_stream,
@@ -116,7 +117,9 @@ def test_permuted_fixed_distinct_permutations(digits):
     assert not torch.equal(other[0].train.x, stream[0].train.x)
 
 
-def test_long_permuted_streams_share_one_copy_of_the_training_data(digits):
+def test_long_permuted_streams_share_one_copy_of_the_training_data(digits, monkeypatch):
+    assert not isinstance(make_stream("permuted-digits", "domain")[0].train, TransformedTensorData)  # small: stored
+    monkeypatch.setattr(generators, "LAZY_TRAIN_ABOVE_BYTES", 50 * len(digits.train_y) * 64 * 4 - 1)
     stream = make_stream("permuted-digits", "domain", n_experiences=50)
     perms = pixel_permutations(64, 50, 0)
     sources = {exp.train.source.data_ptr() for exp in stream}

@@ -144,6 +144,28 @@ def test_ewc_penalty_holds_important_weights_near_their_anchor(digits_class):
     assert free > 0 and held < 0.2 * free, (free, held)
 
 
+def test_ewc_folded_penalty_equals_the_sum_of_separate_penalties(digits_class):
+    """One folded term A(θ − m)² + K gives the value and gradient of Σ_k F_k (θ − θ*_k)² over the stored
+    experiences."""
+    from tests.helpers import trained
+
+    strategy = trained("ewc", digits_class, {"ewc_lambda": 3.0}, n_exp=3)
+    assert len(strategy.importances_) == 3
+    model = strategy.model_
+    with torch.no_grad():  # move away from the last anchor so that every term matters
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    logits = model(digits_class[3].train.x[:8])
+    folded = strategy.penalty(None, None, logits)
+    pairs = list(zip(strategy.importances_, strategy.anchors_, strict=True))
+    explicit = 3.0 * sum((f[n] * (p - a[n]).pow(2)).sum() for f, a in pairs for n, p in model.named_parameters())
+    torch.testing.assert_close(folded, explicit, rtol=1e-5, atol=1e-7)
+    g_folded = torch.autograd.grad(folded, list(model.parameters()))
+    g_explicit = torch.autograd.grad(explicit, list(model.parameters()))
+    for a, b in zip(g_folded, g_explicit, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_ewc_fisher_matches_per_sample_loop(digits_class):
     """The vmap Fisher equals the mean of squared per-sample gradients computed one sample at a time."""
     strategy = make_strategy("ewc")

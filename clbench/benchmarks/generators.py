@@ -28,6 +28,10 @@ SPLIT_SCENARIOS = ("class", "task")  # sorted, as unknown_choice lists them
 PERMUTED_SCENARIOS = ("domain", "task")
 ROTATED_SCENARIOS = PERMUTED_SCENARIOS
 
+# Permuted/rotated streams whose stored training sets would exceed this many bytes transform them when read instead
+# (permuted-fmnist: stored up to 11 experiences). Reading costs one transform per use, storing T copies of the data.
+LAZY_TRAIN_ABOVE_BYTES = 2 * 2**30
+
 # Distinct tags keep the random streams of different purposes independent of each other.
 _CLASS_ORDER, _PERMUTATION, _ANGLES, _TRAIN_SUBSET, _TEST_SUBSET = range(5)
 
@@ -158,13 +162,15 @@ def _transformed_stream(
                                      torch.full((len(labels),), t, dtype=torch.int64))
 
     units = tuple(tuple(range(k * t, k * (t + 1)) if offset else range(k)) for t in range(n_experiences))
+    # Long streams: training sets (read once or twice per experience) are transformed when read instead of stored,
+    # so memory stops growing with T; test sets (read after every experience) are always stored.
+    per_experience = min(len(ds.train_y), train_subset or len(ds.train_y)) * ds.train_x[:1].numel() * 4
+    lazy_train = n_experiences * per_experience > LAZY_TRAIN_ABOVE_BYTES
     experiences = [
         Experience(
             t,
             units[t],
-            # Training sets (read once or twice per experience) are transformed when read, so memory does not grow
-            # with T; test sets (read after every experience) are stored.
-            part(ds.train_x, ds.train_y, t, train_subset, _TRAIN_SUBSET, lazy=True),
+            part(ds.train_x, ds.train_y, t, train_subset, _TRAIN_SUBSET, lazy=lazy_train),
             part(ds.test_x, ds.test_y, t, test_subset, _TEST_SUBSET, lazy=False),
         )
         for t in range(n_experiences)

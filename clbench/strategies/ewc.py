@@ -77,12 +77,12 @@ class EWC(SGDStrategy):
     def penalty(self, batch, features, logits):
         if not self.importances_:
             return None
+        weight, centre, offset = self.folded_
         total = logits.new_zeros(())
-        for importance, anchor in zip(self.importances_, self.anchors_, strict=True):
-            for name, param in self.model_.named_parameters():
-                if name in importance:
-                    total = total + (importance[name] * (param - anchor[name]).pow(2)).sum()
-        return self.ewc_lambda * total
+        for name, param in self.model_.named_parameters():
+            if name in weight:
+                total = total + (weight[name] * (param - centre[name]).pow(2)).sum()
+        return self.ewc_lambda * (total + offset)
 
     def after_experience(self, exp):
         fisher = self.empirical_fisher(exp.train)
@@ -94,6 +94,23 @@ class EWC(SGDStrategy):
         else:
             self.importances_.append(fisher)
             self.anchors_.append(anchor)
+        self.folded_ = self._fold()
+
+    def _fold(self):
+        """The separate penalties as one: Σ_k F_k (θ − θ*_k)² = A (θ − m)² + K with A = Σ_k F_k,
+        m = Σ_k F_k θ*_k / A and K = Σ_k Σ_i F_k (θ*_k − m)², so a step costs the same after 50 experiences as
+        after 2, with the same value and gradient (computed in float64; m is taken as θ*_0 where A = 0)."""
+        weight, centre, offset = {}, {}, 0.0
+        for name in self.importances_[0]:
+            fs = [imp[name].double() for imp in self.importances_]
+            anchors = [anc[name].double() for anc in self.anchors_]
+            total = sum(fs)
+            weighted = sum(f * a for f, a in zip(fs, anchors, strict=True))
+            m = torch.where(total > 0, weighted / torch.where(total > 0, total, 1.0), anchors[0])
+            offset += float(sum((f * (a - m).pow(2)).sum() for f, a in zip(fs, anchors, strict=True)))
+            weight[name] = total.to(self.importances_[0][name].dtype)
+            centre[name] = m.to(self.anchors_[0][name].dtype)
+        return weight, centre, offset
 
     def empirical_fisher(self, data) -> dict[str, torch.Tensor]:
         """Mean over samples of the squared per-sample gradient of the (task-masked) cross-entropy."""
@@ -167,4 +184,5 @@ class EWC(SGDStrategy):
 
     def state_bytes(self):
         stored = [t for d in self.importances_ + self.anchors_ for t in d.values()]
-        return tensors_nbytes(*stored)
+        folded = [t for d in self.folded_[:2] for t in d.values()] if self.importances_ else []
+        return tensors_nbytes(*stored, *folded)
