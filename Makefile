@@ -6,14 +6,14 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= results/quick
 BIN = $(VENV)/bin
 
-.PHONY: quick test lint data install
+.PHONY: quick test lint data browser install
 
 quick: install data
 	$(BIN)/clbench run --benchmark split-fmnist --scenario class task \
 		--strategy naive joint ewc replay --set replay.mem_size=1000 \
 		--seeds 0 1 2 --epochs 1 --batch-size 128 --lr 0.01 --momentum 0.9 --out $(OUT)
 
-test: install data
+test: install data browser
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -31,3 +31,9 @@ $(VENV)/.installed: setup.cfg
 data:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; fi
+
+# Chromium from Debian's archive where we may install it: the report test opens the HTML page in a headless browser
+# (and is skipped without one).
+browser:
+	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi

@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="(re)draw the plots of an output folder into DIR/plots")
     plot.add_argument("dir", type=Path, metavar="DIR")
+
+    report = sub.add_parser("report", help="one self-contained HTML page of an output folder: sortable leaderboard, "
+                                           "accuracy matrices and curves, costs")
+    report.add_argument("dir", type=Path, metavar="DIR")
+    report.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
+                        help="the HTML file to write (default: DIR/report.html)")
     return parser
 
 
@@ -267,7 +273,15 @@ def cmd_plot(args) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot}
+def cmd_report(args) -> int:
+    from clbench.runners.report import write_report
+
+    store = _existing_store(args.dir)
+    print(write_report(store, args.output or args.dir / "report.html"))
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

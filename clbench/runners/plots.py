@@ -30,8 +30,15 @@ def _figure(width: float, height: float) -> Figure:
     return fig
 
 
-def save_png(fig: Figure, path) -> Path:
-    """Write ``fig`` to ``path`` atomically: a temp file in the same folder, then os.replace."""
+def save_png(fig: Figure, path):
+    """Write ``fig`` to ``path`` atomically: a temp file in the same folder, then os.replace. ``path`` may also be a
+    binary stream (e.g. io.BytesIO), written as it is, for pages that embed the image instead of linking a file."""
+    if hasattr(path, "write"):
+        try:
+            fig.savefig(path, format="png", dpi=100)
+        finally:
+            fig.clear()
+        return path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -47,23 +54,27 @@ def save_png(fig: Figure, path) -> Path:
     return path
 
 
-def plot_accuracy_matrix(R, title: str, path) -> Path:
-    """Heatmap of R with each cell annotated (rows: after training i, columns: evaluated on j); NaN cells blank."""
+def plot_accuracy_matrix(R, title: str, path, b=None) -> Path:
+    """Heatmap of R with each cell annotated (rows: after training i, columns: evaluated on j); NaN cells blank.
+    With ``b``, the accuracies before any training are drawn as a first row labelled "b"."""
     R = np.asarray(R, dtype=float)
     T = R.shape[0]
+    cells = R if b is None else np.vstack([np.asarray(b, dtype=float), R])
+    row_labels = [str(t) for t in range(T)] if b is None else ["b", *(str(t) for t in range(T))]
     side = min(4 + 0.6 * T, 16)
     fig = _figure(side + 1, side)
     ax = fig.add_subplot()
-    im = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=1, cmap="viridis")
+    im = ax.imshow(np.ma.masked_invalid(cells), vmin=0, vmax=1, cmap="viridis")
     fig.colorbar(im, ax=ax, label="accuracy")
     if T <= 25:
-        for (i, j), v in np.ndenumerate(R):
+        for (i, j), v in np.ndenumerate(cells):
             if not math.isnan(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=max(5, 10 - T // 4),
                         color="black" if v > 0.6 else "white")  # fmt: skip
-    ticks = range(T)
-    ax.set_xticks(ticks, [str(t) for t in ticks])
-    ax.set_yticks(ticks, [str(t) for t in ticks])
+    if b is not None:
+        ax.axhline(0.5, color="white", lw=2)  # the untrained model is not a row of R
+    ax.set_xticks(range(T), [str(t) for t in range(T)])
+    ax.set_yticks(range(len(cells)), row_labels)
     ax.set_xlabel("evaluated on experience j")
     ax.set_ylabel("after training experience i")
     ax.set_title(title)

@@ -1,0 +1,305 @@
+"""One self-contained HTML page of an output folder: the sortable leaderboard with its costs, the average accuracy
+over training, cost bars and the seed-averaged accuracy matrix of every configuration.
+
+Images are PNG data URIs and the sort script is inline, so the page opens offline and can be mailed or archived as
+one file. The folder is only read: the leaderboard is recomputed from the raw tables, nothing in it is rewritten.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from collections import Counter
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import clbench
+from clbench.errors import UsageError
+from clbench.metrics import tables
+from clbench.runners.plots import _changed, _figure, plot_accuracy_matrix, plot_leaderboard, save_png
+from clbench.runners.store import ResultStore, write_atomic
+
+__all__ = ["build_report", "check_output_file", "write_report"]
+
+TEXT_COLUMNS = ["benchmark", "scenario", "strategy", "params"]
+COST_COLUMNS = tables.COSTS_COLUMNS[1:]  # train_s, eval_s, peak_rss_mb, strategy_mem_mb
+COLUMN_HELP = {
+    "params": "hyperparameters that differ from the strategy's defaults",
+    "n_seeds": "finished runs (seeds) averaged in this row",
+    "acc": "average accuracy on all experiences after the last one",
+    "bwt": "backward transfer (negative = forgetting)",
+    "fwt": "forward transfer: accuracy on the next experience before training it, minus the untrained model's",
+    "forgetting": "average drop from the best earlier accuracy to the final one",
+    "la": "learning accuracy: accuracy on each experience right after training it",
+    "aia": "average incremental accuracy",
+    "train_s": "training seconds per run",
+    "eval_s": "evaluation seconds per run",
+    "peak_rss_mb": "process resident-memory high-water mark (MB)",
+    "strategy_mem_mb": "the strategy's own memory at the end: buffers, anchors, masks (MB)",
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# data
+
+
+def _read(store: ResultStore) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(runs, summary, evals) of the folder, with any unreadable table reported as bad input."""
+    try:
+        return store.runs(), store.summary(), store.evals()
+    except (ValueError, KeyError, pd.errors.UndefinedVariableError) as err:  # pandas parse errors are ValueErrors
+        raise UsageError(f"{str(store.root)!r} does not hold readable clbench tables ({err}); pass a folder written "
+                         "by `clbench run --out`") from None
+
+
+def _mean_over_seeds(arrays) -> np.ndarray:
+    """Element-wise mean of equally shaped arrays, skipping NaN (not evaluated); NaN where no seed has a value."""
+    stack = np.stack([np.asarray(a, dtype=float) for a in arrays])
+    present = ~np.isnan(stack)
+    counts = present.sum(axis=0)
+    return np.where(present, stack, 0).sum(axis=0) / np.where(counts > 0, counts, np.nan)
+
+
+def average_accuracy_by_step(R) -> np.ndarray:
+    """A_i = mean of R[i, 0..i], the accuracy on the experiences seen so far after training experience i; NaN for a
+    partly evaluated row, as in average_incremental_accuracy."""
+    R = np.asarray(R, dtype=float)
+    return np.array([R[i, : i + 1].mean() for i in range(R.shape[0])])
+
+
+def _labels(board: pd.DataFrame) -> dict[str, str]:
+    """config_id → "strategy (changed hyperparameters)"; configurations that would read alike in one benchmark and
+    scenario (they differ only in training settings such as the learning rate) get their config id appended."""
+    labels = {}
+    for row in board.itertuples(index=False):
+        changed = _changed(row.strategy, str(row.params))
+        labels[row.config_id] = row.strategy if changed == "defaults" else f"{row.strategy} ({changed})"
+    alike = Counter((row.benchmark, row.scenario, labels[row.config_id]) for row in board.itertuples(index=False))
+    for row in board.itertuples(index=False):
+        if alike[row.benchmark, row.scenario, labels[row.config_id]] > 1:
+            labels[row.config_id] += f" [{row.config_id}]"
+    return labels
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# figures
+
+
+def _data_uri(draw) -> str:
+    """Run draw(stream) with an in-memory stream and return the PNG it wrote as a data: URI."""
+    buffer = io.BytesIO()
+    draw(buffer)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def plot_average_accuracy(curves: dict[str, np.ndarray], title: str, path, colors: dict[str, str] | None = None):
+    """One line per configuration: A_i against the training step i (points without a value are left out); ``colors``
+    maps labels to matplotlib colors so that a strategy keeps its color across panels."""
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot()
+    T = max(len(values) for values in curves.values())
+    for label, values in curves.items():
+        steps = np.arange(len(values))
+        ok = ~np.isnan(values)
+        ax.plot(steps[ok], values[ok], marker="o", ms=4, label=label, color=(colors or {}).get(label))
+    ax.set_xticks(range(T))
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("after training experience i")
+    ax.set_ylabel("average accuracy on experiences 0..i")
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="best")
+    return save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# page
+
+
+def _figure_html(uri: str, caption: str) -> str:
+    text = html.escape(caption)
+    return f'<figure><img src="{uri}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def _leaderboard_html(board: pd.DataFrame) -> str:
+    """The leaderboard table; numeric cells carry their mean in data-value so that the script sorts by it."""
+    metrics = [*tables.MATRIX_METRICS, *COST_COLUMNS]
+    shown = tables.format_mean_sem(board, metrics=metrics)
+    columns = [*TEXT_COLUMNS, "n_seeds", *metrics]
+    head = "".join(
+        f'<th data-key="{c}" data-type="{"text" if c in TEXT_COLUMNS else "number"}"'
+        f' title="{html.escape(COLUMN_HELP.get(c, c))}">{c}</th>'
+        for c in columns
+    )
+    rows = []
+    for k, row in board.iterrows():
+        texts = [row["benchmark"], row["scenario"], row["strategy"], _changed(row["strategy"], str(row["params"]))]
+        cells = [f"<td>{html.escape(str(text))}</td>" for text in texts]
+        cells.append(f'<td data-value="{row["n_seeds"]}">{row["n_seeds"]}</td>')
+        for m in metrics:
+            mean = row[f"{m}_mean"]
+            cells.append(f'<td data-value="{"" if pd.isna(mean) else repr(float(mean))}">'
+                         f"{html.escape(shown.at[k, m])}</td>")
+        rows.append(f'<tr title="config {html.escape(str(row["config_id"]))}">{"".join(cells)}</tr>')
+    body = "\n".join(rows)
+    return f'<table id="leaderboard"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; white-space: nowrap; }
+td[data-value] { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #eee; cursor: pointer; user-select: none; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; }
+th[aria-sort="descending"]::after { content: " \\25BC"; }
+tbody tr:nth-child(even) { background: #f7f7f7; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; }
+.wide { overflow-x: auto; }
+figure { margin: 0; }
+figure img { max-width: 100%; }
+figcaption { font-size: 0.85em; color: #555; }
+"""
+
+# Clicking a header sorts by that column (ascending, then toggling); numbers by their mean, n/a last either way.
+# "#sort=acc" / "#sort=-acc" in the address clicks the header on load, so a sorted view can be linked. After load
+# the body records how many images decoded and how many rows the table has, for a headless browser to read.
+SCRIPT = """
+(function () {
+  const table = document.getElementById("leaderboard");
+  const body = table.tBodies[0];
+  const headers = Array.from(table.tHead.rows[0].cells);
+  function sortBy(th) {
+    const col = th.cellIndex;
+    const numeric = th.dataset.type === "number";
+    const dir = th.getAttribute("aria-sort") === "ascending" ? -1 : 1;
+    headers.forEach(h => h.removeAttribute("aria-sort"));
+    th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
+    const rows = Array.from(body.rows);
+    rows.sort((a, b) => {
+      if (numeric) {
+        const x = parseFloat(a.cells[col].dataset.value), y = parseFloat(b.cells[col].dataset.value);
+        if (isNaN(x) || isNaN(y)) return isNaN(x) - isNaN(y);
+        return dir * (x - y);
+      }
+      return dir * a.cells[col].textContent.localeCompare(b.cells[col].textContent, undefined, {numeric: true});
+    });
+    rows.forEach(row => body.appendChild(row));
+  }
+  headers.forEach(th => th.addEventListener("click", () => sortBy(th)));
+  window.addEventListener("load", () => {
+    const wanted = /^#sort=(-?)([\\w-]+)$/.exec(location.hash);
+    const th = wanted && headers.find(h => h.dataset.key === wanted[2]);
+    if (th) {
+      th.click();
+      if (wanted[1]) th.click();
+    }
+    const images = Array.from(document.images);
+    document.body.dataset.imagesTotal = images.length;
+    document.body.dataset.imagesOk = images.filter(img => img.complete && img.naturalWidth > 0).length;
+    document.body.dataset.rows = body.rows.length;
+  });
+})();
+"""
+
+
+def build_report(store: ResultStore) -> str:
+    """The HTML page of one output folder; raises UsageError when it holds no finished run."""
+    runs, summary, evals = _read(store)
+    if summary.empty:
+        raise UsageError(f"{str(store.root)!r} has no finished run to report ({len(runs)} run(s) in runs.csv, none "
+                         "with status ok)")
+    board = tables.leaderboard(summary)
+    per_run = {run_id: tables.matrices_from_evals(evals, run_id) for run_id in summary["run_id"]}
+    seeds_of = summary.groupby("config_id")["run_id"].apply(list).to_dict()
+    labels = _labels(board)
+    colors = {label: f"C{k % 10}" for k, label in enumerate(sorted(set(labels.values())))}
+
+    curves_html = []
+    for (bench, scenario), configs in board.groupby(["benchmark", "scenario"], sort=True):
+        curves = {
+            labels[row.config_id]: _mean_over_seeds(
+                [average_accuracy_by_step(per_run[run_id][0]) for run_id in seeds_of[row.config_id]])
+            for row in configs.itertuples(index=False)
+        }
+        title = f"{bench} / {scenario}"
+        uri = _data_uri(partial(plot_average_accuracy, curves, title, colors=colors))
+        curves_html.append(_figure_html(uri, f"{title}: average accuracy on the experiences seen so far, mean over "
+                                             "seeds"))
+
+    costs_html = []
+    for metric in COST_COLUMNS:
+        if board[f"{metric}_mean"].notna().any():
+            uri = _data_uri(partial(plot_leaderboard, board, metric=metric))
+            costs_html.append(_figure_html(uri, f"{metric}: {COLUMN_HELP[metric]}, mean ± SEM over seeds"))
+
+    matrices_html = []
+    for row in board.itertuples(index=False):
+        pairs = [per_run[run_id] for run_id in seeds_of[row.config_id]]
+        R = _mean_over_seeds([R for R, _ in pairs])
+        b = _mean_over_seeds([b for _, b in pairs]) if all(b is not None for _, b in pairs) else None
+        name = f"{labels[row.config_id]} on {row.benchmark} / {row.scenario}"
+        uri = _data_uri(partial(plot_accuracy_matrix, R, name, b=b))
+        matrices_html.append(_figure_html(uri, f"{name}: accuracy matrix, mean of {row.n_seeds} seed(s)"
+                                               + ("; row b is the untrained model" if b is not None else "")))
+
+    failed = int((runs["status"] != "ok").sum())
+    folder = html.escape(str(store.root))
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    note = f"; {failed} failed run(s) left out (see runs.csv)" if failed else ""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>clbench report: {folder}</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>clbench report: {folder}</h1>
+<p>{len(summary)} finished run(s) in {len(board)} configuration(s){note}. Generated {generated} by clbench
+{html.escape(clbench.__version__)}.</p>
+<h2>Leaderboard</h2>
+<p>Mean ± standard error over seeds. Click a column header to sort by it (by the mean); click again to reverse.</p>
+<div class="wide">{_leaderboard_html(board)}</div>
+<h2>Average accuracy over training</h2>
+<div class="figures">{"".join(curves_html)}</div>
+<h2>Costs</h2>
+<div class="figures">{"".join(costs_html)}</div>
+<h2>Accuracy matrices</h2>
+<p>R[i, j]: accuracy on experience j after training experience i, averaged over seeds.</p>
+<div class="figures">{"".join(matrices_html)}</div>
+<script>{SCRIPT}</script>
+</body>
+</html>
+"""
+
+
+def check_output_file(path: Path) -> None:
+    """Fail before any work unless ``path`` can be created as a file (its folders are created when missing)."""
+    if path.is_dir():
+        raise UsageError(f"output {str(path)!r} is a folder; give a file name such as report.html")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {str(path)!r}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {str(path)!r}: no write permission on {str(folder)!r}")
+
+
+def write_report(store: ResultStore, output) -> Path:
+    """Build the page and write it to ``output`` in one step (a temp file, then a rename)."""
+    output = Path(output)
+    check_output_file(output)
+    page = build_report(store)
+    try:
+        write_atomic(output, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    except OSError as err:
+        raise UsageError(f"cannot write {str(output)!r}: {err.strerror or err}") from None
+    return output
