@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,lint,avalanche]"
+	$(BIN)/python -m pip install -q -e ".[test,lint,avalanche,ray]"
 	touch $@
 
 # Fashion-MNIST from Debian's archive where we may install it; otherwise see the README (data root or --download).

@@ -3,6 +3,7 @@
 
 from clbench.strategies import SGDStrategy
 from clbench.strategies.agem import AGEM
+from clbench.strategies.ewc import EWC
 
 
 class Diverging(SGDStrategy):
@@ -27,3 +28,14 @@ class KeepOptimizer(AGEM):
         if not hasattr(self, "optimizer_kept_"):
             self.optimizer_kept_ = True
             super().before_experience(exp)
+
+
+class InterruptOnce(EWC):
+    """EWC that is interrupted (as by a kill) when it reaches experience `interrupt_at`."""
+
+    interrupt_at: int | None = None
+
+    def before_experience(self, exp):
+        if exp.index == self.interrupt_at:
+            raise KeyboardInterrupt
+        super().before_experience(exp)

@@ -88,6 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", type=Path, metavar="DIR")
     report.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
                         help="the HTML file to write (default: DIR/report.html)")
+
+    sweep = sub.add_parser("sweep", help="run the product of a sweep file (TOML); a rerun skips finished runs")
+    sweep.add_argument("file", type=Path, metavar="FILE.toml")
+    sweep.add_argument("--out", type=Path, help="output folder (required unless --dry-run)")
+    sweep.add_argument("--executor", default="local", help="local or ray (default: local)")
+    sweep.add_argument("--workers", type=int, default=1, help="parallel runs (local processes or Ray CPUs)")
+    sweep.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs and how many are done; run nothing")
+    sweep.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
+    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -245,9 +255,9 @@ def _plot(store, summary, board):
 def _existing_store(path: Path):
     from clbench.runners.store import ResultStore
 
-    if not (path / "runs.csv").is_file():
-        raise UsageError(f"{str(path)!r} is not a clbench output folder (no runs.csv); pass a folder written by "
-                         "`clbench run --out`")
+    if not (path / "runs.csv").is_file() and not (path / ResultStore.JOURNAL).is_file():
+        raise UsageError(f"{str(path)!r} is not a clbench output folder (no runs.jsonl or runs.csv); pass a folder "
+                         "written by `clbench run --out` or `clbench sweep --out`")
     return ResultStore(path)
 
 
@@ -281,7 +291,56 @@ def cmd_report(args) -> int:
     return 0
 
 
-COMMANDS = {"list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report}
+def cmd_sweep(args) -> int:
+    from clbench.runners.store import ResultStore, check_writable
+    from clbench.runners.sweep import EXECUTORS, execute, load_sweep
+
+    sweep = load_sweep(args.file)
+    if args.executor not in EXECUTORS:
+        raise unknown_choice("executor", args.executor, EXECUTORS)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.out is None and not args.dry_run:
+        raise UsageError("clbench sweep needs --out DIR (or --dry-run)")
+    store = ResultStore(args.out) if args.out is not None and args.out.exists() else None
+    done = store.finished_run_ids() if store else set()
+    todo = [c for c in sweep.configs if c.run_id not in done]
+    if args.dry_run:
+        for c in sweep.configs:
+            mark = "done" if c.run_id in done else "todo"
+            print(f"{mark}  {c.run_id}  {c.benchmark}/{c.scenario}/{c.strategy} seed {c.seed}  "
+                  f"{describe_params(c.strategy, c.params)}")
+        print(f"{len(sweep.configs)} runs, {len(sweep.configs) - len(todo)} done, {len(todo)} to run")
+        return 0
+    check_writable(args.out)
+    store = ResultStore(args.out)
+    if len(todo) < len(sweep.configs):
+        print(f"{len(sweep.configs) - len(todo)} of {len(sweep.configs)} runs already finished in {args.out}; "
+              "skipping them")
+    run_versions = versions()
+
+    def record(result):
+        store.append(result, versions=run_versions, device=sweep.device)
+        if result.status != "ok":
+            tqdm.write(f"run {result.config.run_id} ({result.config.strategy}, seed {result.config.seed}) failed: "
+                       f"{result.error}")
+
+    failed = execute(sweep, todo, record, executor=args.executor, workers=args.workers, address=args.address,
+                     quiet=args.quiet, checkpoint_dir=args.out / "checkpoints")
+    summary, board = store.write_derived()
+    if not args.no_plots:
+        _plot(store, summary, board)
+    print(format_leaderboard(board))
+    if failed:
+        print(f"{failed} run(s) failed; see the error column of runs.csv", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return 0
+
+
+COMMANDS = {
+    "list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report,
+    "sweep": cmd_sweep,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

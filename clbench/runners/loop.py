@@ -8,9 +8,12 @@ off the evaluation table afterwards.
 from __future__ import annotations
 
 import math
+import os
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -84,28 +87,43 @@ def minibatches(data: TensorData, cfg: TrainConfig, order_generator: torch.Gener
             yield Batch(data.x[idx], data.y[idx], data.task[idx])
 
 
-def run(config: RunConfig, stream: Stream, *, device="cpu", progress: bool = True) -> RunResult:
-    """Train `config.strategy` through `stream`; failures (exceptions, NaN loss) are returned, not raised."""
+def run(config: RunConfig, stream: Stream, *, device="cpu", progress: bool = True,
+        checkpoint: Path | None = None) -> RunResult:
+    """Train `config.strategy` through `stream`; failures (exceptions, NaN loss) are returned, not raised.
+
+    With `checkpoint` (a file path), the run's whole state is saved there after every experience and a run that
+    finds one resumes after the last finished experience, with the same results as an uninterrupted run; the file
+    is removed when the run ends.
+    """
     result = RunResult(config)
     started = time.perf_counter()
     try:
-        _run(config, stream, torch.device(device), result, progress)
+        _run(config, stream, torch.device(device), result, progress, checkpoint)
     except Exception as err:  # a run's failure must not stop a sweep: record it with its error
         result.status, result.error = "failed", f"{type(err).__name__}: {err}"
-    result.duration_s = time.perf_counter() - started
+    result.duration_s += time.perf_counter() - started
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
     return result
 
 
-def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunResult, progress: bool) -> None:
+def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunResult, progress: bool,
+         checkpoint: Path | None) -> None:
     init_seed, order_seed, strategy_seed = run_seeds(config)
     cfg = config.train
-    strategy = make_strategy(config.strategy, config.params)  # setup() rejects an unsupported scenario
-
     reset_peak_rss()
-    torch.manual_seed(init_seed)
-    model = build_backbone(stream.spec).to(device)
-    strategy.setup(stream.spec, model, train=cfg, seed=strategy_seed, device=device)
-    order_generator = torch.Generator().manual_seed(order_seed)
+    saved = _load_checkpoint(checkpoint, config)
+    if saved is None:
+        strategy = make_strategy(config.strategy, config.params)  # setup() rejects an unsupported scenario
+        torch.manual_seed(init_seed)
+        model = build_backbone(stream.spec).to(device)
+        strategy.setup(stream.spec, model, train=cfg, seed=strategy_seed, device=device)
+        order_generator = torch.Generator().manual_seed(order_seed)
+        first = 0
+    else:
+        strategy, order_generator, first = saved["strategy"], saved["order_generator"], saved["next_experience"]
+        result.evals, result.costs, result.duration_s = saved["evals"], saved["costs"], saved["duration_s"]
+        _set_global_rng(saved["global_rng"])
 
     def record(step: int, train_s: float, loss: float) -> None:
         t0 = time.perf_counter()
@@ -123,8 +141,12 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
             }
         )
 
-    record(-1, 0.0, math.nan)
-    bar = tqdm(stream, desc=f"{config.strategy} seed {config.seed}", leave=False, disable=not progress, unit="exp")
+    if saved is None:
+        record(-1, 0.0, math.nan)
+    run_started = time.perf_counter()
+    remaining = list(stream)[first:]
+    bar = tqdm(remaining, desc=f"{config.strategy} seed {config.seed}", leave=False, disable=not progress,
+               unit="exp")
     for exp in bar:
         t0 = time.perf_counter()
         strategy.before_experience(exp)
@@ -138,3 +160,36 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         mean_loss = float(np.mean(losses)) if losses else math.nan
         bar.set_postfix(loss=f"{mean_loss:.3f}")
         record(exp.index, time.perf_counter() - t0, mean_loss)
+        if checkpoint is not None and exp.index < len(stream) - 1:
+            _save_checkpoint(checkpoint, config, {
+                "strategy": strategy, "order_generator": order_generator, "next_experience": exp.index + 1,
+                "evals": result.evals, "costs": result.costs, "global_rng": _global_rng(),
+                "duration_s": result.duration_s + time.perf_counter() - run_started,
+            })
+
+
+def _global_rng() -> dict:
+    """The global generators some methods draw from (dropout, Avalanche's loaders and buffers)."""
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_global_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _save_checkpoint(path: Path, config: RunConfig, state: dict) -> None:
+    """Atomically: a kill while writing leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"run_id": config.run_id, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path | None, config: RunConfig) -> dict | None:
+    if path is None or not Path(path).exists():
+        return None
+    state = torch.load(path, weights_only=False)  # our own file, written by _save_checkpoint
+    return state if state.get("run_id") == config.run_id else None

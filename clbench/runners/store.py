@@ -1,19 +1,24 @@
-"""An output folder of tidy tables, written so that a crash never leaves a half-written file.
+"""An output folder: an append-only journal of finished runs, and tidy tables derived from it.
 
-    runs.csv      one row per run (the commit record: a run exists once its row is here)
+    runs.jsonl    the journal: one line per finished run (its runs row, eval rows and cost rows), appended in one
+                  write and fsync'ed. A run exists once its line is complete; a line cut short by a crash (kill -9
+                  included) is ignored and trimmed before the next append, so nothing is lost but the run in flight
+                  and nothing is ever duplicated or half-read.
+    runs.csv      one row per run            \
     evals.csv     long: one row per (run, step, evaluated experience, metric)
     costs.csv     long: one row per (run, step): train/eval seconds, peak RSS, strategy memory, mean train loss
-    summary.csv   one row per finished run: the metrics of METRICS.md and its costs (derived, rewritten each time)
-    leaderboard.csv  mean, SEM and number of seeds per configuration (derived)
-    plots/        PNGs (derived)
+    summary.csv   one row per finished run: the metrics of METRICS.md and its costs
+    leaderboard.csv  mean, SEM and number of seeds per configuration
+    plots/        PNGs
 
-Every file is replaced atomically (write a temporary file in the same folder, then os.replace). evals and costs are
-written before runs.csv, and rows whose run has no runs.csv row are ignored when reading, so a crash between the
-writes loses at most the run in flight and never corrupts a table.
+The tables are rewritten from the journal at the end of a command (each file replaced atomically), so appending a
+run costs the same whatever the number of runs before it. A folder written before the journal existed (tables
+only) is read once into a journal.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from datetime import datetime, timezone
@@ -75,66 +80,99 @@ def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
 
 
 class ResultStore:
-    """Reads and appends the tables of one output folder."""
+    """Appends runs to the journal of one output folder and reads its tables."""
+
+    JOURNAL = "runs.jsonl"
 
     def __init__(self, root):
         self.root = Path(root)
+        self._cache: tuple[tuple[int, int], dict[str, dict]] | None = None
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / self.JOURNAL
 
     def _path(self, name: str) -> Path:
         return self.root / f"{name}.csv"
 
-    def runs(self) -> pd.DataFrame:
-        return read_csv(self._path("runs"), tables.RUNS_COLUMNS)
-
-    def _committed(self, name: str, columns: list[str]) -> pd.DataFrame:
-        """Rows of a long table whose run is recorded as finished in runs.csv (orphans of a crash are dropped)."""
-        df = read_csv(self._path(name), columns)
-        ok = self.runs().query("status == 'ok'")["run_id"]
-        return df[df["run_id"].isin(ok)].reset_index(drop=True)
-
-    def evals(self) -> pd.DataFrame:
-        return self._committed("evals", tables.EVALS_COLUMNS)
-
-    def costs(self) -> pd.DataFrame:
-        return self._committed("costs", STEP_COSTS_COLUMNS)
-
-    def finished_run_ids(self) -> set[str]:
-        runs = self.runs()
-        return set(runs.loc[runs["status"] == "ok", "run_id"])
+    # the journal ---------------------------------------------------------------------------------------------------
+    def entries(self) -> dict[str, dict]:
+        """run_id → the latest complete journal entry of that run ({"run": row, "evals": [...], "costs": [...]})."""
+        path = self.journal_path
+        if not path.exists():  # tables from before the journal (read-only commands leave the folder untouched)
+            return {e["run"]["run_id"]: e for e in self._entries_from_tables()} if self._path("runs").exists() else {}
+        stat = path.stat()
+        key = (stat.st_size, stat.st_mtime_ns)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        data = path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]  # a torn last line (crash mid-append) is not a run
+        entries = {}
+        for line in complete.splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                entries[entry["run"]["run_id"]] = entry  # a rerun of a failed run replaces it
+        self._cache = (key, entries)
+        return entries
 
     def append(self, result: RunResult, *, versions: dict, device: str) -> None:
-        """Add one run; a rerun of a failed run replaces its old row."""
-        cfg = result.config
-        run_id = cfg.run_id
-        keys = {
-            "run_id": run_id, "benchmark": cfg.benchmark, "scenario": cfg.scenario,
-            "strategy": cfg.strategy, "seed": cfg.seed,
-        }  # fmt: skip
-        if result.status == "ok":
-            evals = pd.DataFrame([{**keys, **row} for row in result.evals], columns=tables.EVALS_COLUMNS)
-            costs = pd.DataFrame([{**keys, **row} for row in result.costs], columns=STEP_COSTS_COLUMNS)
-            self._append_rows("evals", evals, tables.EVALS_COLUMNS, run_id)
-            self._append_rows("costs", costs, STEP_COSTS_COLUMNS, run_id)
-        run_row = {
-            **keys,
-            "config_id": cfg.config_id,
-            "stream_seed": cfg.stream_seed,
-            "params": to_json(cfg.params),
-            "train_config": to_json(cfg.settings()),
-            "versions": to_json(versions),
-            "device": device,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "duration_s": result.duration_s,
-            "status": result.status,
-            "error": result.error,
-        }
-        self._append_rows("runs", pd.DataFrame([run_row], columns=tables.RUNS_COLUMNS), tables.RUNS_COLUMNS, run_id)
+        """Record one finished run (ok or failed) in a single appended line."""
+        self.append_entry(journal_entry(result, versions=versions, device=device))
 
-    def _append_rows(self, name: str, rows: pd.DataFrame, columns: list[str], run_id: str) -> None:
-        old = read_csv(self._path(name), columns)
-        old = old[old["run_id"] != run_id]  # orphans of a crashed attempt, or the failed row being replaced
-        parts = [df for df in (old, rows) if len(df)]
-        write_csv(pd.concat(parts, ignore_index=True) if parts else rows, self._path(name))
+    def append_entry(self, entry: dict) -> None:
+        if not self.journal_path.exists() and self._path("runs").exists():
+            imported = self._entries_from_tables()  # a folder from before the journal: carry its runs over first
+            self.journal_path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in imported))
+        line = (json.dumps(entry, separators=(",", ":"), allow_nan=True) + "\n").encode()
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            _trim_torn_tail(fd)
+            view = memoryview(line)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _entries_from_tables(self) -> list[dict]:
+        try:
+            runs = read_csv(self._path("runs"), tables.RUNS_COLUMNS)
+            evals = read_csv(self._path("evals"), tables.EVALS_COLUMNS)
+            costs = read_csv(self._path("costs"), STEP_COSTS_COLUMNS)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise UsageError(f"{str(self.root)!r} does not hold readable clbench tables ({err}); pass a folder "
+                             "written by `clbench run --out` or `clbench sweep --out`") from None
+        missing = [c for c in ("run_id", "status") if c not in runs.columns]
+        if missing:
+            raise UsageError(f"{str(self.root)!r} does not hold readable clbench tables (runs.csv lacks {missing})")
+        entries = []
+        for row in runs.to_dict("records"):
+            ok = row["status"] == "ok"
+            entries.append({
+                "run": _plain(row),
+                "evals": _records(evals[evals["run_id"] == row["run_id"]]) if ok else [],
+                "costs": _records(costs[costs["run_id"] == row["run_id"]]) if ok else [],
+            })
+        return entries
+
+    # tables ----------------------------------------------------------------------------------------------------
+    def runs(self) -> pd.DataFrame:
+        rows = [e["run"] for e in self.entries().values()]
+        return pd.DataFrame(rows, columns=tables.RUNS_COLUMNS)
+
+    def _long(self, key: str, columns: list[str]) -> pd.DataFrame:
+        rows = [r for e in self.entries().values() if e["run"]["status"] == "ok" for r in e[key]]
+        return pd.DataFrame(rows, columns=columns)
+
+    def evals(self) -> pd.DataFrame:
+        return self._long("evals", tables.EVALS_COLUMNS)
+
+    def costs(self) -> pd.DataFrame:
+        return self._long("costs", STEP_COSTS_COLUMNS)
+
+    def finished_run_ids(self) -> set[str]:
+        return {run_id for run_id, e in self.entries().items() if e["run"]["status"] == "ok"}
 
     # derived tables ---------------------------------------------------------------------------------------------------
     def run_costs(self) -> pd.DataFrame:
@@ -151,9 +189,74 @@ class ResultStore:
         return tables.summarize(self.evals(), self.runs(), self.run_costs())
 
     def write_derived(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Rewrite summary.csv and leaderboard.csv from the raw tables; return both."""
+        """Rewrite every table from the journal (runs.csv last); return the summary and the leaderboard."""
         summary = self.summary()
         board = tables.leaderboard(summary)
+        write_csv(self.evals(), self._path("evals"))
+        write_csv(self.costs(), self._path("costs"))
         write_csv(summary, self._path("summary"))
         write_csv(board, self._path("leaderboard"))
+        write_csv(self.runs(), self._path("runs"))
         return summary, board
+
+
+def journal_entry(result: RunResult, *, versions: dict, device: str) -> dict:
+    """One run as a journal line: its runs row and, for a finished run, its eval and cost rows."""
+    cfg = result.config
+    keys = {"run_id": cfg.run_id, "benchmark": cfg.benchmark, "scenario": cfg.scenario, "strategy": cfg.strategy,
+            "seed": cfg.seed}
+    ok = result.status == "ok"
+    run_row = {
+        **keys,
+        "config_id": cfg.config_id,
+        "stream_seed": cfg.stream_seed,
+        "params": to_json(cfg.params),
+        "train_config": to_json(cfg.settings()),
+        "versions": to_json(versions),
+        "device": device,
+        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": result.duration_s,
+        "status": result.status,
+        "error": result.error,
+    }
+    return {
+        "run": run_row,
+        "evals": [{**keys, **row} for row in result.evals] if ok else [],
+        "costs": [{**keys, **row} for row in result.costs] if ok else [],
+    }
+
+
+def _trim_torn_tail(fd: int) -> None:
+    """Cut a last line left without its newline by a crash, so the next line starts on its own."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    os.lseek(fd, size - 1, os.SEEK_SET)
+    if os.read(fd, 1) == b"\n":
+        return
+    block = min(size, 1 << 20)
+    while True:
+        os.lseek(fd, size - block, os.SEEK_SET)
+        chunk = os.read(fd, block)
+        cut = chunk.rfind(b"\n")
+        if cut >= 0:
+            os.ftruncate(fd, size - block + cut + 1)
+            return
+        if block == size:
+            os.ftruncate(fd, 0)
+            return
+        block = min(size, block * 2)
+
+
+def _plain(row: dict) -> dict:
+    """A CSV row as JSON-ready Python values (numpy scalars to int/float, NaN kept)."""
+    out = {}
+    for key, value in row.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        out[key] = value
+    return out
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return [_plain(r) for r in df.to_dict("records")]

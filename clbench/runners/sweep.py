@@ -1,0 +1,267 @@
+"""Sweeps: the product of benchmarks × scenarios × strategies (with hyperparameter grids) × seeds from a TOML file,
+run by a local or a Ray executor, recorded in the output folder's journal so that a rerun skips what is done.
+
+    seeds = [0, 1, 2]
+    benchmarks = ["split-fmnist"]
+    scenarios = ["class", "task"]
+
+    [settings]              # the runner's settings: clbench run's options, with underscores
+    epochs = 1
+    batch_size = 128
+    lr = 0.01
+    momentum = 0.9
+    threads = 1             # torch threads per run, the same under every executor (bit-identical tables)
+
+    [[strategies]]
+    name = "naive"
+
+    [[strategies]]
+    name = "ewc"
+    params = { mode = "separate" }
+    grid = { ewc_lambda = [1.0, 10.0] }     # one run per value (several keys: their product)
+
+Only the driver writes to the output folder; workers return results.
+"""
+
+from __future__ import annotations
+
+import itertools
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+import torch
+from tqdm.auto import tqdm
+
+from clbench.benchmarks import SCENARIOS, benchmark_info, make_stream
+from clbench.errors import UsageError, unknown_choice
+from clbench.runners.config import RunConfig
+from clbench.strategies import TrainConfig, get_strategy
+
+TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description", "published"}
+SETTINGS = {
+    "epochs": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float, "optimizer": str,
+    "eval_batch_size": int, "stream_seed": int, "n_experiences": int, "train_subset": int, "test_subset": int,
+    "eval_every": int, "threads": int, "device": str, "data_root": str, "checkpoint": bool,
+}  # fmt: skip
+STRATEGY_KEYS = {"name", "params", "grid"}
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class Sweep:
+    """The runs of a sweep file and how to build their streams."""
+
+    configs: list[RunConfig]
+    threads: int = 1
+    device: str = "cpu"
+    data_root: str | None = None
+    published: list[dict] = field(default_factory=list)  # preset rows: benchmark, scenario, strategy, metric, value
+    checkpoint: bool = False  # save each run's state after every experience (long runs) and resume from it
+
+    def stream_key(self, config: RunConfig) -> tuple:
+        return (config.benchmark, config.scenario, config.stream_seed, config.n_experiences, config.train_subset,
+                config.test_subset)
+
+
+def load_sweep(path: Path) -> Sweep:
+    """Parse and check a sweep file; every error is a UsageError naming the bad value and the valid choices."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"sweep file {str(path)!r} does not exist")
+    try:
+        spec = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"sweep file {str(path)!r} is not valid TOML: {err}") from None
+    return sweep_from_dict(spec, str(path))
+
+
+def _list(spec: dict, key: str, kind, where: str) -> list:
+    value = spec.get(key)
+    if not isinstance(value, list) or not value or not all(isinstance(v, kind) and not isinstance(v, bool)
+                                                          for v in value):
+        raise UsageError(f"{where}: {key!r} must be a non-empty list of {kind.__name__}, got {value!r}")
+    return value
+
+
+def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
+    unknown = set(spec) - TOP_KEYS
+    if unknown:
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid choices: {', '.join(sorted(TOP_KEYS))}")
+    seeds = _list(spec, "seeds", int, where)
+    benchmarks = [benchmark_info(b) for b in _list(spec, "benchmarks", str, where)]
+    scenarios = _list(spec, "scenarios", str, where)
+    for scenario in scenarios:
+        if scenario not in SCENARIOS:
+            raise unknown_choice("scenario", scenario, SCENARIOS)
+    settings = dict(spec.get("settings", {}))
+    for key, value in settings.items():
+        if key not in SETTINGS:
+            raise unknown_choice(f"setting in {where}", key, SETTINGS)
+        if not isinstance(value, SETTINGS[key]) or (isinstance(value, bool) and SETTINGS[key] is not bool):
+            if not (SETTINGS[key] is float and isinstance(value, int) and not isinstance(value, bool)):
+                raise UsageError(f"{where}: setting {key}={value!r} must be {SETTINGS[key].__name__}")
+    for key in ("n_experiences", "train_subset", "test_subset", "eval_every", "threads"):
+        if key in settings and settings[key] < 1:
+            raise UsageError(f"{where}: setting {key} must be at least 1, got {settings[key]}")
+    train = TrainConfig(**{k: settings[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
+                                                    "optimizer", "eval_batch_size") if k in settings})
+    device = settings.get("device", "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise unknown_choice("device", device, ["cpu", "cuda"])
+
+    entries = spec.get("strategies")
+    if not isinstance(entries, list) or not entries:
+        raise UsageError(f"{where}: needs at least one [[strategies]] table with a name")
+    variants: list[tuple[str, dict]] = []
+    for entry in entries:
+        unknown = set(entry) - STRATEGY_KEYS
+        if unknown:
+            raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} in [[strategies]]; valid choices: "
+                             f"{', '.join(sorted(STRATEGY_KEYS))}")
+        if "name" not in entry:
+            raise UsageError(f"{where}: a [[strategies]] table has no name")
+        cls = get_strategy(entry["name"])
+        fixed, grid = dict(entry.get("params", {})), dict(entry.get("grid", {}))
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise UsageError(f"{where}: grid {key} of {entry['name']!r} must be a non-empty list, got {values!r}")
+        for combo in itertools.product(*grid.values()):
+            params = {**fixed, **dict(zip(grid, combo, strict=True))}
+            variants.append((cls.name, cls.from_params(params).get_params()))
+    for scenario in scenarios:
+        for bench in benchmarks:
+            bench.check_scenario(scenario)
+        for name, _ in variants:
+            get_strategy(name).check_scenario(scenario)
+
+    run_options = {k: settings[k] for k in ("stream_seed", "n_experiences", "train_subset", "test_subset",
+                                            "eval_every") if k in settings}
+    configs = [
+        RunConfig(benchmark=bench.name, scenario=scenario, strategy=name, params=params, seed=seed, train=train,
+                  **run_options)
+        for bench in benchmarks for scenario in scenarios for name, params in variants for seed in seeds
+    ]
+    unique = list({c.run_id: c for c in configs}.values())  # the same run listed twice runs once
+    return Sweep(unique, threads=settings.get("threads", 1), device=device, data_root=settings.get("data_root"),
+                 published=list(spec.get("published", [])), checkpoint=settings.get("checkpoint", False))
+
+
+# -- executors ----------------------------------------------------------------------------------------------------
+_STREAMS: dict[tuple, object] = {}
+
+
+def _stream(sweep_key: tuple, data_root: str | None):
+    """Streams are built once per process (workers keep their own cache)."""
+    if sweep_key not in _STREAMS:
+        benchmark, scenario, stream_seed, n_experiences, train_subset, test_subset = sweep_key
+        _STREAMS[sweep_key] = make_stream(benchmark, scenario, stream_seed=stream_seed, n_experiences=n_experiences,
+                                          train_subset=train_subset, test_subset=test_subset, data_root=data_root)
+    return _STREAMS[sweep_key]
+
+
+def run_one(config: RunConfig, stream_key: tuple, threads: int, device: str, data_root: str | None,
+            checkpoint_dir: str | None):
+    """Run one config in this process, with `threads` torch threads (what every executor does for every run)."""
+    from clbench.runners.loop import run
+
+    torch.set_num_threads(threads)
+    checkpoint = Path(checkpoint_dir) / f"{config.run_id}.pt" if checkpoint_dir else None
+    return run(config, _stream(stream_key, data_root), device=device, progress=False, checkpoint=checkpoint)
+
+
+class _Progress:
+    """One bar for the sweep: done / running / failed counts; tqdm's rate gives the ETA."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.bar = tqdm(total=total, desc="sweep", unit="run", disable=quiet)
+        self.running = self.failed = 0
+
+    def started(self, n: int = 1):
+        self.running += n
+        self._show()
+
+    def finished(self, ok: bool):
+        self.running -= 1
+        self.failed += not ok
+        self.bar.update(1)
+        self._show()
+
+    def _show(self):
+        self.bar.set_postfix(done=self.bar.n, running=self.running, failed=self.failed)
+
+    def close(self):
+        self.bar.close()
+
+
+def execute(sweep: Sweep, todo: list[RunConfig], record, *, executor: str = "local", workers: int = 1,
+            address: str | None = None, quiet: bool = False, checkpoint_dir: Path | None = None) -> int:
+    """Run `todo`, calling record(result) in this (the driver's) process as each run finishes; returns the number
+    of failed runs."""
+    if executor not in EXECUTORS:
+        raise unknown_choice("executor", executor, EXECUTORS)
+    if workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    progress = _Progress(len(todo), quiet)
+    checkpoints = str(checkpoint_dir) if sweep.checkpoint and checkpoint_dir is not None else None
+    args = [(c, sweep.stream_key(c), sweep.threads, sweep.device, sweep.data_root, checkpoints) for c in todo]
+    failed = 0
+
+    def done(result):
+        nonlocal failed
+        record(result)
+        failed += result.status != "ok"
+        progress.finished(result.status == "ok")
+
+    try:
+        if executor == "ray":
+            _execute_ray(args, done, progress, workers, address, sweep.device)
+        elif workers == 1:
+            for a in args:
+                progress.started()
+                done(run_one(*a))
+        else:
+            _execute_pool(args, done, progress, workers)
+    finally:
+        progress.close()
+    return failed
+
+
+def _execute_pool(args, done, progress, workers):
+    import multiprocessing
+
+    # spawn: workers start clean (no inherited torch thread pools or open files of the driver)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = set()
+        queue = list(args)
+        while queue or pending:
+            while queue and len(pending) < workers:
+                pending.add(pool.submit(run_one, *queue.pop(0)))
+                progress.started()
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done(future.result())
+
+
+def _execute_ray(args, done, progress, workers, address, device):
+    try:
+        import ray
+    except ImportError:
+        raise UsageError("--executor ray needs Ray: pip install 'clbench[ray]'") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        init = {"address": address} if address else {"num_cpus": max(workers, 1), "include_dashboard": False}
+        ray.init(**init, log_to_driver=False, configure_logging=False)
+    try:
+        resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
+        remote = ray.remote(**resources)(run_one)
+        pending = [remote.remote(*a) for a in args]
+        progress.started(len(pending))
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                done(ray.get(ref))
+    finally:
+        if started_here:
+            ray.shutdown()
