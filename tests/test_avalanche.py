@@ -83,6 +83,39 @@ def test_a_users_nc_benchmark_becomes_a_stream(digits_class):
         assert stream.spec.n_classes == 10
 
 
+def test_avalanches_own_permuted_and_split_mnist_become_streams(tmp_path):
+    """Avalanche's PermutedMNIST and SplitMNIST classes on tiny MNIST files in the real on-disk format."""
+    from avalanche.benchmarks.classic import PermutedMNIST, SplitMNIST
+
+    from tests.test_datasets import write_idx_set
+
+    raw = write_idx_set(tmp_path / "MNIST" / "raw")
+    images = torch.as_tensor(raw["train-images-idx3-ubyte"]).float().div(255).sub(0.1307).div(0.3081)  # Avalanche's
+    labels = torch.as_tensor(raw["train-labels-idx1-ubyte"]).long()                                 # normalisation
+
+    domain = from_avalanche(PermutedMNIST(n_experiences=3, seed=0, dataset_root=str(tmp_path)))
+    assert domain.spec.scenario == "domain" and domain.spec.n_classes == 10 and len(domain) == 3
+    for exp in domain:
+        assert len(exp.train) == 30 and len(exp.test) == 20
+        assert torch.equal(exp.train.y.sort().values, labels.sort().values)
+        # every image is a pixel permutation of one original image
+        mine = torch.unique(exp.train.x.flatten(1).sort(1).values, dim=0)
+        theirs = torch.unique(images.flatten(1).sort(1).values, dim=0)
+        torch.testing.assert_close(mine, theirs)
+    assert not torch.equal(domain[0].train.x, domain[1].train.x)
+
+    task = from_avalanche(PermutedMNIST(n_experiences=3, seed=0, dataset_root=str(tmp_path), return_task_id=True))
+    assert task.spec.scenario == "task" and task.spec.n_classes == 30
+    assert [exp.classes for exp in task] == [tuple(range(10 * t, 10 * t + 10)) for t in range(3)]
+
+    split_bench = SplitMNIST(n_experiences=5, seed=0, dataset_root=str(tmp_path))
+    split = from_avalanche(split_bench)
+    assert split.spec.scenario == "class"
+    assert [exp.classes for exp in split] == [tuple(sorted(int(c) for c in cs))
+                                              for cs in split_bench.original_classes_in_exp]
+    assert sum(len(exp.train) for exp in split) == 30
+
+
 def test_from_avalanche_rejects_task_labels_that_are_not_experience_indices(digits_task):
     from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
     from avalanche.benchmarks.scenarios.task_aware import with_task_labels
