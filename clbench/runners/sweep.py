@@ -1,6 +1,7 @@
 """Sweeps: the product of benchmarks × scenarios × strategies (with hyperparameter grids) × seeds from a TOML file,
 run by a local or a Ray executor, recorded in the output folder's journal so that a rerun skips what is done.
 
+    description = "EWC's lambda on Split-FMNIST"   # optional free text, as is `name`
     seeds = [0, 1, 2]
     benchmarks = ["split-fmnist"]
     scenarios = ["class", "task"]
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import tomllib
@@ -39,7 +40,7 @@ from clbench.errors import UsageError, unknown_choice
 from clbench.runners.config import RunConfig
 from clbench.strategies import TrainConfig, get_strategy
 
-TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description", "published"}
+TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description"}
 SETTINGS = {
     "epochs": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float, "optimizer": str,
     "eval_batch_size": int, "stream_seed": int, "n_experiences": int, "train_subset": int, "test_subset": int,
@@ -57,7 +58,6 @@ class Sweep:
     threads: int = 1
     device: str = "cpu"
     data_root: str | None = None
-    published: list[dict] = field(default_factory=list)  # preset rows: benchmark, scenario, strategy, metric, value
     checkpoint: bool = False  # save each run's state after every experience (long runs) and resume from it
 
     def stream_key(self, config: RunConfig) -> tuple:
@@ -145,7 +145,7 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     ]
     unique = list({c.run_id: c for c in configs}.values())  # the same run listed twice runs once
     return Sweep(unique, threads=settings.get("threads", 1), device=device, data_root=settings.get("data_root"),
-                 published=list(spec.get("published", [])), checkpoint=settings.get("checkpoint", False))
+                 checkpoint=settings.get("checkpoint", False))
 
 
 # -- executors ----------------------------------------------------------------------------------------------------
