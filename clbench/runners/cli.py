@@ -230,10 +230,21 @@ def cmd_run(args) -> int:
         bar.set_postfix_str(f"{config.benchmark}/{config.scenario}/{config.strategy}/seed {config.seed}")
         result = loop.run(config, streams[config.benchmark, config.scenario], device=args.device,
                           progress=not args.quiet)
-        store.append(result, versions=versions(), device=args.device)
-        if result.status != "ok":
-            failed += 1
-            tqdm.write(f"run {config.run_id} ({config.strategy}, seed {config.seed}) failed: {result.error}")
+        failed += not _record(store, result, args.device)
+    return _finish(store, args, failed)
+
+
+def _record(store, result, device: str) -> bool:
+    """Append a finished run to the store; report a failure. True when the run succeeded."""
+    store.append(result, versions=versions(), device=device)
+    if result.status != "ok":
+        cfg = result.config
+        tqdm.write(f"run {cfg.run_id} ({cfg.strategy}, seed {cfg.seed}) failed: {result.error}")
+    return result.status == "ok"
+
+
+def _finish(store, args, failed: int) -> int:
+    """Derive the tables (and plots), print the leaderboard; the exit code says whether any run failed."""
     summary, board = store.write_derived()
     if not args.no_plots:
         _plot(store, summary, board)
@@ -317,24 +328,10 @@ def cmd_sweep(args) -> int:
     if len(todo) < len(sweep.configs):
         print(f"{len(sweep.configs) - len(todo)} of {len(sweep.configs)} runs already finished in {args.out}; "
               "skipping them")
-    run_versions = versions()
-
-    def record(result):
-        store.append(result, versions=run_versions, device=sweep.device)
-        if result.status != "ok":
-            tqdm.write(f"run {result.config.run_id} ({result.config.strategy}, seed {result.config.seed}) failed: "
-                       f"{result.error}")
-
-    failed = execute(sweep, todo, record, executor=args.executor, workers=args.workers, address=args.address,
-                     quiet=args.quiet, checkpoint_dir=args.out / "checkpoints")
-    summary, board = store.write_derived()
-    if not args.no_plots:
-        _plot(store, summary, board)
-    print(format_leaderboard(board))
-    if failed:
-        print(f"{failed} run(s) failed; see the error column of runs.csv", file=sys.stderr)
-        return EXIT_RUN_FAILED
-    return 0
+    failed = execute(sweep, todo, lambda result: _record(store, result, sweep.device), executor=args.executor,
+                     workers=args.workers, address=args.address, quiet=args.quiet,
+                     checkpoint_dir=args.out / "checkpoints")
+    return _finish(store, args, failed)
 
 
 COMMANDS = {

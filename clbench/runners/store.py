@@ -4,7 +4,7 @@
                   write and fsync'ed. A run exists once its line is complete; a line cut short by a crash (kill -9
                   included) is ignored and trimmed before the next append, so nothing is lost but the run in flight
                   and nothing is ever duplicated or half-read.
-    runs.csv      one row per run            \
+    runs.csv      one row per run
     evals.csv     long: one row per (run, step, evaluated experience, metric)
     costs.csv     long: one row per (run, step): train/eval seconds, peak RSS, strategy memory, mean train loss
     summary.csv   one row per finished run: the metrics of METRICS.md and its costs
@@ -13,7 +13,7 @@
 
 The tables are rewritten from the journal at the end of a command (each file replaced atomically), so appending a
 run costs the same whatever the number of runs before it. A folder written before the journal existed (tables
-only) is read once into a journal.
+only) is read from its tables, and they are carried into a journal at its next append.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class ResultStore:
 
     def __init__(self, root):
         self.root = Path(root)
-        self._cache: tuple[tuple[int, int], dict[str, dict]] | None = None
+        self._cache: tuple[tuple, dict[str, dict]] | None = None
 
     @property
     def journal_path(self) -> Path:
@@ -98,20 +98,21 @@ class ResultStore:
     # the journal ---------------------------------------------------------------------------------------------------
     def entries(self) -> dict[str, dict]:
         """run_id → the latest complete journal entry of that run ({"run": row, "evals": [...], "costs": [...]})."""
-        path = self.journal_path
-        if not path.exists():  # tables from before the journal (read-only commands leave the folder untouched)
-            return {e["run"]["run_id"]: e for e in self._entries_from_tables()} if self._path("runs").exists() else {}
-        stat = path.stat()
-        key = (stat.st_size, stat.st_mtime_ns)
+        # Without a journal, the tables of an older folder are the source (read-only commands leave it untouched).
+        source = self.journal_path if self.journal_path.exists() else self._path("runs")
+        if not source.exists():
+            return {}
+        stat = source.stat()
+        key = (source.name, stat.st_size, stat.st_mtime_ns)
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
-        data = path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]  # a torn last line (crash mid-append) is not a run
-        entries = {}
-        for line in complete.splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                entries[entry["run"]["run_id"]] = entry  # a rerun of a failed run replaces it
+        if source == self.journal_path:
+            data = source.read_bytes()
+            complete = data[: data.rfind(b"\n") + 1]  # a torn last line (crash mid-append) is not a run
+            found = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        else:
+            found = self._entries_from_tables()
+        entries = {e["run"]["run_id"]: e for e in found}  # a rerun of a failed run replaces it
         self._cache = (key, entries)
         return entries
 
@@ -121,8 +122,9 @@ class ResultStore:
 
     def append_entry(self, entry: dict) -> None:
         if not self.journal_path.exists() and self._path("runs").exists():
-            imported = self._entries_from_tables()  # a folder from before the journal: carry its runs over first
-            self.journal_path.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in imported))
+            # A folder from before the journal: carry its runs over first, in one atomic write.
+            text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in self.entries().values())
+            write_atomic(self.journal_path, lambda tmp: Path(tmp).write_text(text))
         line = (json.dumps(entry, separators=(",", ":"), allow_nan=True) + "\n").encode()
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
@@ -176,28 +178,32 @@ class ResultStore:
 
     # derived tables ---------------------------------------------------------------------------------------------------
     def run_costs(self) -> pd.DataFrame:
-        """Per run: total train and eval seconds, peak RSS, strategy memory at the end."""
-        costs = self.costs()
-        if costs.empty:
-            return pd.DataFrame(columns=["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"])
-        last = costs.sort_values("step").groupby("run_id").tail(1).set_index("run_id")["strategy_mem_mb"]
-        per_run = costs.groupby("run_id").agg(train_s=("train_s", "sum"), eval_s=("eval_s", "sum"),
-                                              peak_rss_mb=("peak_rss_mb", "max"))
-        return per_run.assign(strategy_mem_mb=last).reset_index()
+        return _run_costs(self.costs())
 
     def summary(self) -> pd.DataFrame:
         return tables.summarize(self.evals(), self.runs(), self.run_costs())
 
     def write_derived(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rewrite every table from the journal (runs.csv last); return the summary and the leaderboard."""
-        summary = self.summary()
+        evals, costs, runs = self.evals(), self.costs(), self.runs()
+        summary = tables.summarize(evals, runs, _run_costs(costs))
         board = tables.leaderboard(summary)
-        write_csv(self.evals(), self._path("evals"))
-        write_csv(self.costs(), self._path("costs"))
+        write_csv(evals, self._path("evals"))
+        write_csv(costs, self._path("costs"))
         write_csv(summary, self._path("summary"))
         write_csv(board, self._path("leaderboard"))
-        write_csv(self.runs(), self._path("runs"))
+        write_csv(runs, self._path("runs"))
         return summary, board
+
+
+def _run_costs(costs: pd.DataFrame) -> pd.DataFrame:
+    """Per run: total train and eval seconds, peak RSS, strategy memory at the end."""
+    if costs.empty:
+        return pd.DataFrame(columns=["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"])
+    last = costs.sort_values("step").groupby("run_id").tail(1).set_index("run_id")["strategy_mem_mb"]
+    per_run = costs.groupby("run_id").agg(train_s=("train_s", "sum"), eval_s=("eval_s", "sum"),
+                                          peak_rss_mb=("peak_rss_mb", "max"))
+    return per_run.assign(strategy_mem_mb=last).reset_index()
 
 
 def journal_entry(result: RunResult, *, versions: dict, device: str) -> dict:
