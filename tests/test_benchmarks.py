@@ -60,6 +60,22 @@ def test_split_units_disjoint_and_covering(scenario):
     assert seen == set(range(10))
 
 
+def test_split_domain_il_shares_one_head_of_the_position_within_the_pair(digits):
+    # van de Ven & Tolias's domain-IL split: "is it the first or the second class of the experience's pair?"
+    stream = make_stream("split-digits", "domain", stream_seed=3)
+    order = stream.spec.metadata["class_order"]
+    assert stream.spec.n_classes == 2 and stream.spec.classes_per_experience == ((0, 1),) * 5
+    for t, exp in enumerate(stream):
+        for unit in (0, 1):
+            x_unit = exp.train.x[exp.train.y == unit]
+            assert torch.equal(x_unit, digits.train_x[digits.train_y == order[2 * t + unit]])
+    assert sum(len(e.test) for e in stream) == len(digits.test_y)
+    # The same samples as the class-IL stream of the same seed, only relabelled.
+    class_il = make_stream("split-digits", "class", stream_seed=3)
+    for a, b in zip(stream, class_il, strict=True):
+        assert torch.equal(a.train.x, b.train.x) and torch.equal(a.train.y, b.train.y - 2 * a.index)
+
+
 def test_split_class_order_maps_units_back_to_original_classes(digits):
     stream = make_stream("split-digits", "class", stream_seed=3)
     order = stream.spec.metadata["class_order"]
@@ -186,7 +202,7 @@ def test_unknown_benchmark_lists_valid_choices():
 @pytest.mark.parametrize(
     "name, scenario",
     [
-        ("split-digits", "domain"),
+        ("split-digits", "bogus"),
         ("permuted-digits", "class"),
         ("rotated-fmnist", "class"),
         ("split-cifar100", "bogus"),
@@ -214,8 +230,8 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_generator_validation(digits):
-    with pytest.raises(UsageError, match="valid choices: class, task"):
-        split_stream(digits, "domain", 5)
+    with pytest.raises(UsageError, match="valid choices: class, domain, task"):
+        split_stream(digits, "bogus", 5)
     with pytest.raises(UsageError, match="permutation"):
         split_stream(digits, "class", 5, class_order=[0] * 10)
     with pytest.raises(UsageError, match="valid choices: domain, task"):
@@ -241,7 +257,7 @@ def test_list_benchmarks():
     cifar100 = names["split-cifar100"]
     assert cifar100.default_n_experiences == 10 and cifar100.backbone == "resnet18-reduced"
     assert names["permuted-mnist"].scenarios == ("domain", "task")
-    assert names["split-mnist"].scenarios == ("class", "task")
+    assert names["split-mnist"].scenarios == ("class", "domain", "task")
 
 
 # --- streams from user data -----------------------------------------------------------------------------------------

@@ -91,7 +91,7 @@ BAD_INPUTS = [
     (["--set", "mem_size=0.5"], "mem_size=0.5", "int"),
     (["--set", "replay.storage_policy=fifo"], "'fifo'", "'reservoir', 'class_balanced'"),
     (["--set", "justtext"], "NAME=VALUE", "justtext"),
-    (["--scenario", "domain"], "does not support scenario 'domain'", "class, task"),
+    (["--benchmark", "permuted-digits", "--scenario", "class"], "does not support scenario 'class'", "domain, task"),
     (["--device", "tpu"], "unknown device 'tpu'", "cpu"),
     (["--epochs", "0"], "epochs must be at least 1", "0"),
     (["--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'", "adam, sgd"),

@@ -5,8 +5,10 @@ and a per-purpose tag, never from global RNG, so the same seed gives the same st
 subsample does not change the class order or the permutations.
 
 Labels inside a stream are output units (see base.py):
-- split: the seed permutes the classes (seed 0 too); experience k owns units [k*c, (k+1)*c); original class
-  `spec.metadata["class_order"][u]` is unit u.
+- split: the seed permutes the classes (seed 0 too); in task- and class-IL experience k owns units [k*c, (k+1)*c) and
+  original class `spec.metadata["class_order"][u]` is unit u; in domain-IL every experience shares units [0, c) and
+  unit u of experience k is class `class_order[k*c + u]` (van de Ven & Tolias: split MNIST's "first or second digit
+  of the pair").
 - permuted / rotated: domain-IL keeps the dataset's labels (every experience owns units 0..K-1); task-IL offsets them
   by K*t so experience t owns units [K*t, K*(t+1)).
 """
@@ -24,7 +26,7 @@ from ..errors import UsageError, unknown_choice
 from .base import SCENARIOS, Experience, Stream, StreamSpec, TensorData, TransformedTensorData
 from .datasets import Dataset
 
-SPLIT_SCENARIOS = ("class", "task")  # sorted, as unknown_choice lists them
+SPLIT_SCENARIOS = ("class", "domain", "task")  # sorted, as unknown_choice lists them
 PERMUTED_SCENARIOS = ("domain", "task")
 ROTATED_SCENARIOS = PERMUTED_SCENARIOS
 
@@ -91,7 +93,7 @@ def split_stream(
     name: str | None = None,
     backbone: str = "mlp400",
 ) -> Stream:
-    """Split the classes of `ds` evenly into `n_experiences` experiences (task- or class-incremental).
+    """Split the classes of `ds` evenly into `n_experiences` experiences (task-, domain- or class-incremental).
 
     `class_order` (a permutation of the class ids) overrides the seed's order, e.g. to reproduce the natural order.
     `train_subset` / `test_subset` cap the samples per experience (balanced, drawn from the stream seed).
@@ -111,13 +113,14 @@ def split_stream(
     unit_of = torch.empty(k, dtype=torch.int64)
     unit_of[order] = torch.arange(k)  # inverse permutation: original class id → output unit
     c = k // n_experiences
-    units = tuple(tuple(range(t * c, (t + 1) * c)) for t in range(n_experiences))
+    shared = scenario == "domain"  # one head of c units: the position of the class within its experience
+    units = tuple(tuple(range(c) if shared else range(t * c, (t + 1) * c)) for t in range(n_experiences))
 
     def part(x, y, t, cap, tag):
         y_units = unit_of[y]
         index = torch.nonzero(y_units // c == t).squeeze(1)
         index = index[balanced_subsample(y_units[index], cap, _generator(stream_seed, tag, t))]
-        return _tensor_data(x[index], y_units[index], t)
+        return _tensor_data(x[index], y_units[index] - (t * c if shared else 0), t)
 
     experiences = [
         Experience(
@@ -132,7 +135,7 @@ def split_stream(
         name=name or f"split-{ds.name}",
         scenario=scenario,
         n_experiences=n_experiences,
-        n_classes=k,
+        n_classes=c if shared else k,
         input_shape=ds.input_shape,
         classes_per_experience=units,
         backbone=backbone,
