@@ -311,6 +311,7 @@ def test_avalanche_ewc_lands_in_the_leaderboard_next_to_ours(tmp_path):
     (["--strategy", "avalanche:Nope"], "valid choices: .*avalanche:EWC"),
     (["--strategy", "avalanche:SynapticIntelligence"], "needs si_lambda"),
     (["--strategy", "avalanche:EWC", "--set", "ewc_lambda=abc"], "must be float"),
+    (["--strategy", "avalanche:EWC", "--iterations", "10"], "Avalanche's own loop, which counts epochs"),
 ])
 def test_bad_avalanche_input_exits_2(tmp_path, capsys, argv, message):
     out = tmp_path / "out"

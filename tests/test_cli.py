@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from clbench.metrics import tables
 from clbench.runners.cli import main, parse_set_items
-from clbench.strategies import get_strategy
+from clbench.strategies import TrainConfig, get_strategy
 from tests.conftest import config
 
 FMNIST_AVAILABLE = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists()
@@ -207,3 +208,27 @@ def _metrics(R, b):
 
     return {"acc": metrics.accuracy(R), "bwt": metrics.backward_transfer(R), "fwt": metrics.forward_transfer(R, b),
             "la": metrics.learning_accuracy(R), "forgetting": metrics.forgetting(R)}
+
+
+def test_iterations_counts_optimizer_steps_across_reshuffled_passes(tmp_path):
+    from clbench.benchmarks import TensorData
+    from clbench.runners.loop import minibatches
+
+    data = TensorData(torch.arange(10.0).unsqueeze(1), torch.arange(10), torch.zeros(10, dtype=torch.int64))
+    cfg = TrainConfig(batch_size=4, iterations=7, epochs=50)  # epochs is ignored when iterations is set
+    batches = list(minibatches(data, cfg, torch.Generator().manual_seed(0)))
+    assert [len(b.y) for b in batches] == [4, 4, 2] * 2 + [4]
+    for start in (0, 3):  # every pass is a fresh permutation of all samples
+        assert sorted(torch.cat([b.y for b in batches[start:start + 3]]).tolist()) == list(range(10))
+    assert not torch.equal(torch.cat([b.y for b in batches[:3]]), torch.cat([b.y for b in batches[3:6]]))
+    # Run ids from before the option are unchanged; setting it changes the id.
+    assert "iterations" not in config("ewc").canonical()["train"]
+    stepped = dataclasses.replace(config("ewc"), train=dataclasses.replace(config("ewc").train, iterations=5))
+    assert stepped.run_id != config("ewc").run_id
+    out = tmp_path / "it"
+    assert run_cli("run", "--benchmark", "split-digits", "--scenario", "domain", "--strategy", "naive",
+                   "--iterations", "3", "--batch-size", "8", "--out", out, "--no-plots", "--quiet") == 0
+    assert json.loads(pd.read_csv(out / "runs.csv")["train_config"][0])["iterations"] == 3
+    assert run_cli("run", "--benchmark", "split-digits", "--scenario", "class", "--strategy", "naive",
+                   "--iterations", "0", "--out", tmp_path / "bad") == 2
+    assert not (tmp_path / "bad").exists()

@@ -65,6 +65,11 @@ def test_sweep_file_expands_to_the_product(tmp_path):
     (("mem_size = 100", "mem_size = 0"), "mem_size must be at least 1"),
     (("threads = 1", "threads = 0"), "threads must be at least 1"),
     (("[settings]", "[setings]"), "unknown key 'setings'"),
+    (('params = { mem_size = 100 }', 'scenarios = ["domain"]'), "scenario of .*'replay'.*'domain'.*class, task"),
+    (('params = { mem_size = 100 }', 'settings = { momentum = 0.9, threads = 2 }'),
+     "unknown setting in .*'replay'.*'threads'; valid choices: .*epochs"),
+    (('params = { mem_size = 100 }', 'settings = { lr = "fast" }'), "setting lr='fast' must be float"),
+    (('params = { mem_size = 100 }', 'settings = { iterations = 0 }'), "iterations must be at least 1, got 0"),
 ])
 def test_bad_sweep_files_exit_2_with_one_message_and_write_nothing(tmp_path, capsys, edit, message):
     import re
@@ -76,6 +81,20 @@ def test_bad_sweep_files_exit_2_with_one_message_and_write_nothing(tmp_path, cap
     assert not out.exists()
     with pytest.raises(UsageError):
         load_sweep(path)
+
+
+def test_strategies_can_keep_to_some_scenarios_and_bring_their_own_training_settings(tmp_path):
+    text = SWEEP.replace('grid = { ewc_lambda = [1.0, 10.0] }', 'grid = { ewc_lambda = [1.0, 10.0] }\n'
+                         'scenarios = ["task"]\nsettings = { lr = 0.1, iterations = 7 }')
+    sweep = load_sweep(write_sweep(tmp_path, text))
+    assert len(sweep.configs) == 24 - 2 * 3  # EWC's two lambdas run in task-IL only
+    ewc = [c for c in sweep.configs if c.strategy == "ewc"]
+    assert {c.scenario for c in ewc} == {"task"}
+    assert {(c.train.lr, c.train.iterations, c.train.batch_size, c.train.momentum) for c in ewc} == {(0.1, 7, 32, 0.9)}
+    others = [c for c in sweep.configs if c.strategy != "ewc"]
+    assert {(c.train.lr, c.train.iterations) for c in others} == {(0.05, None)}
+    steps = SWEEP.replace('name = "naive"', 'name = "naive"\nsettings = { iterations = 3 }')
+    assert load_sweep(write_sweep(tmp_path, steps)).configs[0].train.iterations == 3
 
 
 def test_dry_run_lists_runs_and_counts_done(tmp_path, capsys):

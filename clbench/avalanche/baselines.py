@@ -112,6 +112,12 @@ class AvalancheStrategy(Strategy):
         return {name: self.params.get(name, h.default) for name, h in self.hyperparameters().items()}
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
+    @classmethod
+    def check_train(cls, train):
+        if train.iterations is not None:
+            raise UsageError(f"strategy {cls.name!r} trains with Avalanche's own loop, which counts epochs; use "
+                             f"epochs instead of iterations={train.iterations}")
+
     def setup(self, spec, model, *, train, seed, device="cpu"):
         super().setup(spec, model, train=train, seed=seed, device=device)
         # Avalanche draws its randomness (data order, buffer sampling) from the global generators.

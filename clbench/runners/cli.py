@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stream-seed", type=int, default=0, help="seed of class order / permutations (default: 0)")
     run.add_argument("--n-experiences", type=int, default=None, help="override the benchmark's number of experiences")
     run.add_argument("--epochs", type=int, default=1)
+    run.add_argument("--iterations", type=int, default=None, metavar="N",
+                     help="optimizer steps per experience instead of epochs (reshuffling at every pass)")
     run.add_argument("--batch-size", type=int, default=128)
     run.add_argument("--lr", type=float, default=0.01)
     run.add_argument("--momentum", type=float, default=0.0)
@@ -164,12 +166,14 @@ def _resolve_run(args):
     classes = list({cls.name: cls for cls in map(get_strategy, args.strategy)}.values())
     raw_params = parse_set_items(args.set, classes)
     params = {cls.name: cls.from_params(raw_params[cls.name]).get_params() for cls in classes}
-    train = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                        weight_decay=args.weight_decay, optimizer=args.optimizer,
+    train = TrainConfig(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
+                        momentum=args.momentum, weight_decay=args.weight_decay, optimizer=args.optimizer,
                         eval_batch_size=args.eval_batch_size)
     for scenario in args.scenario:
         for checker in (*benchmarks, *classes):
             checker.check_scenario(scenario)
+    for cls in classes:
+        cls.check_train(train)
     if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
         raise unknown_choice("device", args.device, ["cpu", "cuda"])
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -32,6 +32,8 @@ class RunConfig:
             out.pop("seed")
         if self.eval_every == 1:  # the default is left out so that run ids from before the option stay valid
             out.pop("eval_every")
+        if self.train.iterations is None:  # likewise
+            out["train"].pop("iterations")
         return out
 
     def settings(self) -> dict:

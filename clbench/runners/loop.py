@@ -7,6 +7,7 @@ off the evaluation table afterwards.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
@@ -79,10 +80,16 @@ def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device, experi
 
 
 def minibatches(data: TensorData, cfg: TrainConfig, order_generator: torch.Generator) -> Iterator[Batch]:
-    """`cfg.epochs` passes over `data` in seeded random order, cut into mini-batches by tensor indexing."""
-    for _ in range(cfg.epochs):
+    """`cfg.epochs` passes over `data` in seeded random order, cut into mini-batches by tensor indexing; with
+    `cfg.iterations`, exactly that many mini-batches, reshuffling at the start of every pass."""
+    left = cfg.iterations
+    for _ in range(cfg.epochs) if left is None else itertools.count():
         order = torch.randperm(len(data), generator=order_generator).to(data.x.device)
         for start in range(0, len(data), cfg.batch_size):
+            if left is not None:
+                if left == 0:
+                    return
+                left -= 1
             idx = order[start : start + cfg.batch_size]
             yield Batch(data.x[idx], data.y[idx], data.task[idx])
 

@@ -20,6 +20,8 @@ run by a local or a Ray executor, recorded in the output folder's journal so tha
     name = "ewc"
     params = { mode = "separate" }
     grid = { ewc_lambda = [1.0, 10.0] }     # one run per value (several keys: their product)
+    scenarios = ["task"]                    # optional: only some of the sweep's scenarios
+    settings = { lr = 0.1 }                 # optional: this method's own optimisation settings
 
 Only the driver writes to the output folder; workers return results.
 """
@@ -42,11 +44,13 @@ from clbench.strategies import TrainConfig, get_strategy
 
 TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description"}
 SETTINGS = {
-    "epochs": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float, "optimizer": str,
-    "eval_batch_size": int, "stream_seed": int, "n_experiences": int, "train_subset": int, "test_subset": int,
-    "eval_every": int, "threads": int, "device": str, "data_root": str, "checkpoint": bool,
+    "epochs": int, "iterations": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
+    "optimizer": str, "eval_batch_size": int, "stream_seed": int, "n_experiences": int, "train_subset": int,
+    "test_subset": int, "eval_every": int, "threads": int, "device": str, "data_root": str, "checkpoint": bool,
 }  # fmt: skip
-STRATEGY_KEYS = {"name", "params", "grid"}
+TRAIN_SETTINGS = ("epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
+                  "eval_batch_size")  # the settings that make the TrainConfig
+STRATEGY_KEYS = {"name", "params", "grid", "scenarios", "settings"}
 EXECUTORS = ("local", "ray")
 
 
@@ -85,6 +89,21 @@ def _list(spec: dict, key: str, kind, where: str) -> list:
     return value
 
 
+def _settings(table, valid: dict, where: str) -> dict:
+    """A settings table checked against `valid` (name → type); ints are accepted where floats are expected."""
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: settings must be a table, got {table!r}")
+    for key, value in table.items():
+        if key not in valid:
+            raise unknown_choice(f"setting in {where}", key, valid)
+        kind = valid[key]
+        exact = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        widened = kind is float and isinstance(value, int) and not isinstance(value, bool)
+        if not (exact or widened):
+            raise UsageError(f"{where}: setting {key}={value!r} must be {kind.__name__}")
+    return dict(table)
+
+
 def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     unknown = set(spec) - TOP_KEYS
     if unknown:
@@ -95,18 +114,10 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     for scenario in scenarios:
         if scenario not in SCENARIOS:
             raise unknown_choice("scenario", scenario, SCENARIOS)
-    settings = dict(spec.get("settings", {}))
-    for key, value in settings.items():
-        if key not in SETTINGS:
-            raise unknown_choice(f"setting in {where}", key, SETTINGS)
-        if not isinstance(value, SETTINGS[key]) or (isinstance(value, bool) and SETTINGS[key] is not bool):
-            if not (SETTINGS[key] is float and isinstance(value, int) and not isinstance(value, bool)):
-                raise UsageError(f"{where}: setting {key}={value!r} must be {SETTINGS[key].__name__}")
+    settings = _settings(spec.get("settings", {}), SETTINGS, where)
     for key in ("n_experiences", "train_subset", "test_subset", "eval_every", "threads"):
         if key in settings and settings[key] < 1:
             raise UsageError(f"{where}: setting {key} must be at least 1, got {settings[key]}")
-    train = TrainConfig(**{k: settings[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay",
-                                                    "optimizer", "eval_batch_size") if k in settings})
     device = settings.get("device", "cpu")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         raise unknown_choice("device", device, ["cpu", "cuda"])
@@ -114,7 +125,7 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     entries = spec.get("strategies")
     if not isinstance(entries, list) or not entries:
         raise UsageError(f"{where}: needs at least one [[strategies]] table with a name")
-    variants: list[tuple[str, dict]] = []
+    variants: list[tuple[str, dict, list[str], TrainConfig]] = []
     for entry in entries:
         unknown = set(entry) - STRATEGY_KEYS
         if unknown:
@@ -123,17 +134,29 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
         if "name" not in entry:
             raise UsageError(f"{where}: a [[strategies]] table has no name")
         cls = get_strategy(entry["name"])
+        own_scenarios = _list(entry, "scenarios", str, f"{where}, [[strategies]] {entry['name']!r}") \
+            if "scenarios" in entry else scenarios
+        for scenario in own_scenarios:
+            if scenario not in scenarios:
+                raise unknown_choice(f"scenario of [[strategies]] {entry['name']!r} (the sweep's scenarios)", scenario,
+                                     scenarios)
+        # Per-method optimisation settings (papers tune the learning rate per method), over the sweep's own.
+        own = _settings(entry.get("settings", {}), {k: SETTINGS[k] for k in TRAIN_SETTINGS},
+                        f"{where}, [[strategies]] {entry['name']!r}")
+        train = TrainConfig(**{k: v for k, v in {**settings, **own}.items() if k in TRAIN_SETTINGS})
+        cls.check_train(train)
         fixed, grid = dict(entry.get("params", {})), dict(entry.get("grid", {}))
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise UsageError(f"{where}: grid {key} of {entry['name']!r} must be a non-empty list, got {values!r}")
         for combo in itertools.product(*grid.values()):
             params = {**fixed, **dict(zip(grid, combo, strict=True))}
-            variants.append((cls.name, cls.from_params(params).get_params()))
+            variants.append((cls.name, cls.from_params(params).get_params(), own_scenarios, train))
     for scenario in scenarios:
         for bench in benchmarks:
             bench.check_scenario(scenario)
-        for name, _ in variants:
+    for name, _, own_scenarios, _ in variants:
+        for scenario in own_scenarios:
             get_strategy(name).check_scenario(scenario)
 
     run_options = {k: settings[k] for k in ("stream_seed", "n_experiences", "train_subset", "test_subset",
@@ -141,7 +164,8 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     configs = [
         RunConfig(benchmark=bench.name, scenario=scenario, strategy=name, params=params, seed=seed, train=train,
                   **run_options)
-        for bench in benchmarks for scenario in scenarios for name, params in variants for seed in seeds
+        for bench in benchmarks for scenario in scenarios for name, params, own_scenarios, train in variants
+        if scenario in own_scenarios for seed in seeds
     ]
     unique = list({c.run_id: c for c in configs}.values())  # the same run listed twice runs once
     return Sweep(unique, threads=settings.get("threads", 1), device=device, data_root=settings.get("data_root"),

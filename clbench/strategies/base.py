@@ -43,6 +43,9 @@ class TrainConfig:
 
     epochs: int = 1
     batch_size: int = 128
+    # Optimizer steps per experience, reshuffling at each pass; replaces epochs when set (protocols counted in
+    # iterations, e.g. van de Ven & Tolias's 2000 per task). Strategies with a loop of their own use epochs.
+    iterations: int | None = None
     lr: float = 0.01
     momentum: float = 0.0
     weight_decay: float = 0.0
@@ -50,8 +53,8 @@ class TrainConfig:
     eval_batch_size: int = 2048
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "eval_batch_size", "iterations"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise UsageError(f"lr must be positive, got {self.lr}")
@@ -173,8 +176,13 @@ class Strategy:
                 f"valid choices: {', '.join(sorted(cls.scenarios))}"
             )
 
+    @classmethod
+    def check_train(cls, train: TrainConfig) -> None:
+        """Reject runner settings the method cannot honour (called before any run starts)."""
+
     def setup(self, spec: StreamSpec, model: nn.Module, *, train: TrainConfig, seed: int, device="cpu") -> None:
         self.check_scenario(spec.scenario)
+        self.check_train(train)
         self.spec_ = spec
         self.model_ = model
         self.train_config_ = train
