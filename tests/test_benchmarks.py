@@ -366,8 +366,17 @@ def test_reduced_resnet_matches_gem_widths():
 
 
 def test_unknown_backbone():
-    with pytest.raises(UsageError, match="mlp100, mlp400, resnet18-reduced"):
+    with pytest.raises(UsageError, match="mlp100, mlp1000, mlp400, resnet18-reduced"):
         build_backbone(_spec("vit", (1, 8, 8)))
+    with pytest.raises(UsageError, match="unknown backbone 'vit'"):
+        make_stream("split-digits", "class", backbone="vit")
+
+
+def test_a_paper_s_backbone_replaces_the_reference_one(digits):
+    stream = make_stream("split-digits", "class", backbone="mlp1000")
+    assert stream.spec.backbone == "mlp1000"
+    assert build_backbone(stream.spec).head.in_features == 1000
+    assert build_backbone(make_stream("split-digits", "class").spec).head.in_features == 100
 
 
 def test_digits_stream_trains_with_its_backbone(digits):

@@ -105,6 +105,7 @@ class ReducedResNet18(Backbone):
 BACKBONES = {
     "mlp400": lambda spec: MLP(spec.input_shape, spec.n_classes, hidden=(400, 400)),
     "mlp100": lambda spec: MLP(spec.input_shape, spec.n_classes, hidden=(100, 100)),
+    "mlp1000": lambda spec: MLP(spec.input_shape, spec.n_classes, hidden=(1000, 1000)),
     "resnet18-reduced": lambda spec: ReducedResNet18(spec.n_classes, in_channels=spec.input_shape[0]),
 }
 

@@ -148,14 +148,17 @@ def make_stream(
     download: bool = False,
     train_subset: int | None = None,
     test_subset: int | None = None,
+    backbone: str | None = None,
 ) -> Stream:
     """Build the named benchmark's stream for a scenario.
 
     n_experiences defaults to the benchmark's; for split benchmarks it must divide the number of classes.
     train_subset / test_subset cap the samples per experience (balanced over classes, drawn from the stream seed).
+    backbone replaces the benchmark's reference backbone (a name from BACKBONES), e.g. a paper's own network.
     """
     info = benchmark_info(name)
     info.check_scenario(scenario)
+    check_backbone(backbone)
     _check_int("stream_seed", stream_seed, minimum=0)
     _check_int("n_experiences", n_experiences, minimum=1, allow_none=True)
     _check_int("train_subset", train_subset, minimum=1, allow_none=True)
@@ -175,5 +178,12 @@ def make_stream(
         train_subset=train_subset,
         test_subset=test_subset,
         name=name,
-        backbone=info.backbone,
+        backbone=backbone or info.backbone,
     )
+
+
+def check_backbone(backbone: str | None) -> None:
+    from .backbones import BACKBONES
+
+    if backbone is not None and backbone not in BACKBONES:
+        raise unknown_choice("backbone", backbone, BACKBONES)

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--weight-decay", type=float, default=0.0)
     run.add_argument("--optimizer", default="sgd", help="sgd or adam (default: sgd)")
     run.add_argument("--eval-batch-size", type=int, default=2048)
+    run.add_argument("--backbone", default=None, help="a reference backbone instead of the benchmark's "
+                                                      "(mlp100, mlp400, mlp1000, resnet18-reduced)")
     run.add_argument("--train-subset", type=int, default=None, metavar="N", help="at most N train samples per exp.")
     run.add_argument("--test-subset", type=int, default=None, metavar="N", help="at most N test samples per exp.")
     run.add_argument("--eval-every", type=int, default=1, metavar="K",
@@ -156,6 +158,7 @@ def cmd_list(args) -> int:
 
 def _resolve_run(args):
     """Check every input and build the run configs and streams; raises UsageError before anything is written."""
+    from clbench.benchmarks.registry import check_backbone
     from clbench.runners.config import RunConfig
     from clbench.runners.store import check_writable
 
@@ -182,6 +185,7 @@ def _resolve_run(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    check_backbone(args.backbone)
     check_writable(args.out)
 
     streams = {}
@@ -190,12 +194,12 @@ def _resolve_run(args):
             streams[bench, scenario] = make_stream(
                 bench, scenario, stream_seed=args.stream_seed, n_experiences=args.n_experiences,
                 data_root=args.data_root, download=args.download,
-                train_subset=args.train_subset, test_subset=args.test_subset,
+                train_subset=args.train_subset, test_subset=args.test_subset, backbone=args.backbone,
             )
     configs = [
         RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, params=params[cls.name], seed=seed,
                   stream_seed=args.stream_seed, n_experiences=args.n_experiences, train_subset=args.train_subset,
-                  test_subset=args.test_subset, train=train, eval_every=args.eval_every)
+                  test_subset=args.test_subset, train=train, eval_every=args.eval_every, backbone=args.backbone)
         for bench in args.benchmark for scenario in args.scenario for cls in classes for seed in args.seeds
     ]
     return configs, streams

@@ -25,6 +25,7 @@ class RunConfig:
     test_subset: int | None = None
     train: TrainConfig = TrainConfig()
     eval_every: int = 1  # full rows of R every k training experiences (and at the last); see loop.evaluated
+    backbone: str | None = None  # None: the benchmark's reference backbone
 
     def canonical(self, *, with_seed: bool = True) -> dict:
         out = dataclasses.asdict(self)
@@ -34,13 +35,15 @@ class RunConfig:
             out.pop("eval_every")
         if self.train.iterations is None:  # likewise
             out["train"].pop("iterations")
+        if self.backbone is None:
+            out.pop("backbone")
         return out
 
     def settings(self) -> dict:
         """The runner's settings (optimisation, data sizes, evaluation), without the method and its hyperparameters."""
         return dataclasses.asdict(self.train) | {
             "n_experiences": self.n_experiences, "train_subset": self.train_subset, "test_subset": self.test_subset,
-            "eval_every": self.eval_every,
+            "eval_every": self.eval_every, "backbone": self.backbone,
         }
 
     @property
