@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import json
 import platform
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -93,8 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
                         help="the HTML file to write (default: DIR/report.html)")
 
-    sweep = sub.add_parser("sweep", help="run the product of a sweep file (TOML); a rerun skips finished runs")
-    sweep.add_argument("file", type=Path, metavar="FILE.toml")
+    sweep = sub.add_parser("sweep", help="run the product of a sweep file (TOML) or a paper preset; a rerun skips "
+                                         "finished runs")
+    sweep.add_argument("file", metavar="FILE.toml|preset:NAME", help="a sweep file, or preset:NAME (clbench presets)")
+    sweep.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N", help="replace the file's seeds")
+    sweep.add_argument("--setting", nargs="+", action="append", default=[], metavar="NAME=VALUE",
+                       help="replace a runner setting everywhere in the file (e.g. iterations=100 train_subset=500)")
+    sweep.add_argument("--benchmark-map", nargs="+", action="append", default=[], metavar="FROM=TO",
+                       help="run another benchmark in place of one (e.g. split-mnist=split-fmnist); published "
+                            "numbers are then shown but not judged")
     sweep.add_argument("--out", type=Path, help="output folder (required unless --dry-run)")
     sweep.add_argument("--executor", default="local", help="local or ray (default: local)")
     sweep.add_argument("--workers", type=int, default=1, help="parallel runs (local processes or Ray CPUs)")
@@ -102,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and how many are done; run nothing")
     sweep.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    presets = sub.add_parser("presets", help="named sweeps that follow a paper's protocol, with its published numbers")
+    presets.add_argument("name", nargs="?", default=None, help="show one preset: protocol, provenance, numbers")
     return parser
 
 
@@ -212,6 +224,10 @@ def format_leaderboard(board: pd.DataFrame) -> str:
     view = tables.format_mean_sem(board, metrics=["acc", "bwt", "forgetting", "fwt", "la", "train_s"])
     pairs = zip(board["strategy"], board["params"], strict=True)
     view["params"] = [describe_params(strategy, json.loads(params)) for strategy, params in pairs]
+    if "published" in board.columns and board["published"].notna().any():
+        view["published"] = [f"{v:.3f}" if v == v else "" for v in board["published"]]
+        view["diff"] = [f"{v:+.3f}" if v == v else "" for v in board["diff"]]
+        view["reproduced"] = board["reproduced"]
     return view.drop(columns=["config_id"]).to_string(index=False)
 
 
@@ -287,8 +303,13 @@ def cmd_leaderboard(args) -> int:
     check_writable(args.output.parent)
     if args.output.is_dir():
         raise UsageError(f"output {str(args.output)!r} is a folder; give a file name such as leaderboard.csv")
+    from clbench.presets import compare
+
     summary = pd.concat([s.summary() for s in stores], ignore_index=True).drop_duplicates("run_id")
     board = tables.leaderboard(summary)
+    published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
+    if not published.empty:
+        board = compare(board, published)
     write_csv(board, args.output)
     print(format_leaderboard(board))
     return 0
@@ -310,11 +331,46 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _pairs(groups: list[list[str]], flag: str) -> dict[str, str]:
+    out = {}
+    for item in (item for group in groups for item in group):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise UsageError(f"{flag} expects NAME=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _sweep_spec(args):
+    """The sweep's spec (a file's or a preset's) with the command line's replacements; and the preset, if any."""
+    from clbench.presets import PREFIX, get_preset
+    from clbench.runners.sweep import read_sweep_file
+
+    preset = get_preset(args.file) if args.file.startswith(PREFIX) else None
+    spec = copy.deepcopy(preset.sweep) if preset else read_sweep_file(Path(args.file))
+    if args.seeds is not None:
+        spec["seeds"] = args.seeds
+    overrides = {key: _literal(text) for key, text in _pairs(args.setting, "--setting").items()}
+    if overrides:  # they win over the file's settings and over every strategy's own
+        spec["settings"] = {**spec.get("settings", {}), **overrides}
+        for entry in spec.get("strategies", []):
+            if isinstance(entry, dict) and isinstance(entry.get("settings"), dict):
+                entry["settings"] = {k: v for k, v in entry["settings"].items() if k not in overrides}
+    benchmark_map = _pairs(args.benchmark_map, "--benchmark-map")
+    benchmarks = spec.get("benchmarks") if isinstance(spec.get("benchmarks"), list) else []
+    for source in benchmark_map:
+        if source not in benchmarks:
+            raise unknown_choice("benchmark to map (the sweep's benchmarks)", source, benchmarks)
+    spec["benchmarks"] = [benchmark_map.get(b, b) for b in benchmarks] or spec.get("benchmarks")
+    return spec, preset, benchmark_map
+
+
 def cmd_sweep(args) -> int:
     from clbench.runners.store import ResultStore, check_writable
-    from clbench.runners.sweep import EXECUTORS, execute, load_sweep
+    from clbench.runners.sweep import EXECUTORS, execute, sweep_from_dict
 
-    sweep = load_sweep(args.file)
+    spec, preset, benchmark_map = _sweep_spec(args)
+    sweep = sweep_from_dict(spec, preset.name if preset else str(args.file))
     if args.executor not in EXECUTORS:
         raise unknown_choice("executor", args.executor, EXECUTORS)
     if args.workers < 1:
@@ -333,6 +389,8 @@ def cmd_sweep(args) -> int:
         return 0
     check_writable(args.out)
     store = ResultStore(args.out)
+    if preset:
+        store.add_published(preset.published_table(benchmark_map))
     if len(todo) < len(sweep.configs):
         print(f"{len(sweep.configs) - len(todo)} of {len(sweep.configs)} runs already finished in {args.out}; "
               "skipping them")
@@ -342,9 +400,37 @@ def cmd_sweep(args) -> int:
     return _finish(store, args, failed)
 
 
+def cmd_presets(args) -> int:
+    from clbench.presets import get_preset, list_presets
+    from clbench.runners.sweep import sweep_from_dict
+
+    if args.name is None:
+        for preset in list_presets():
+            n_runs = len(sweep_from_dict(preset.sweep, preset.name).configs)
+            print(f"{preset.name:<30} {n_runs:>4} runs  {len(preset.published):>3} published numbers  {preset.title}")
+        print("\nclbench presets NAME shows one; clbench sweep preset:NAME --out DIR runs it")
+        return 0
+    preset = get_preset(args.name)
+    sweep = sweep_from_dict(preset.sweep, preset.name)
+    print(f"{preset.name}: {preset.title}\n{preset.citation}\n\n{textwrap.fill(preset.provenance, 118)}\n")
+    print(f"{len(sweep.configs)} runs: benchmarks {', '.join(preset.sweep['benchmarks'])}; scenarios "
+          f"{', '.join(preset.sweep['scenarios'])}; seeds {preset.sweep['seeds']}; settings {preset.sweep['settings']}")
+    for entry in preset.sweep["strategies"]:
+        extras = {k: entry[k] for k in ("scenarios", "settings") if k in entry}
+        print(f"  {entry['name']:<8} {describe_params(entry['name'], entry.get('params', {}))}  {extras or ''}")
+    table = preset.published_table()
+    if table.empty:
+        print("\nno published numbers")
+    else:
+        print(f"\npublished (tolerance {preset.tolerance}):")
+        print(table[["scenario", "strategy", "match", "metric", "published", "published_sem", "source"]]
+              .to_string(index=False))
+    return 0
+
+
 COMMANDS = {
     "list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report,
-    "sweep": cmd_sweep,
+    "sweep": cmd_sweep, "presets": cmd_presets,
 }
 
 

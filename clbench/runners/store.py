@@ -8,7 +8,8 @@
     evals.csv     long: one row per (run, step, evaluated experience, metric)
     costs.csv     long: one row per (run, step): train/eval seconds, peak RSS, strategy memory, mean train loss
     summary.csv   one row per finished run: the metrics of METRICS.md and its costs
-    leaderboard.csv  mean, SEM and number of seeds per configuration
+    leaderboard.csv  mean, SEM and number of seeds per configuration; with published.csv (written when a paper
+                  preset runs) also the published value, the difference and reproduced ✓/✗
     plots/        PNGs
 
 The tables are rewritten from the journal at the end of a command (each file replaced atomically), so appending a
@@ -183,11 +184,32 @@ class ResultStore:
     def summary(self) -> pd.DataFrame:
         return tables.summarize(self.evals(), self.runs(), self.run_costs())
 
+    def published(self) -> pd.DataFrame:
+        from clbench.presets import PUBLISHED_COLUMNS
+
+        return read_csv(self.root / "published.csv", PUBLISHED_COLUMNS)
+
+    def add_published(self, rows: pd.DataFrame) -> None:
+        """Record a preset's published numbers (replacing earlier rows of the same preset)."""
+        if rows.empty:
+            return
+        old = self.published()
+        old = old[~old["preset"].isin(set(rows["preset"]))]
+        write_csv(pd.concat([df for df in (old, rows) if not df.empty], ignore_index=True),
+                  self.root / "published.csv")
+
+    def leaderboard(self, summary: pd.DataFrame) -> pd.DataFrame:
+        """The leaderboard, compared with the folder's published numbers when it has any."""
+        from clbench.presets import compare
+
+        board, published = tables.leaderboard(summary), self.published()
+        return board if published.empty else compare(board, published)
+
     def write_derived(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rewrite every table from the journal (runs.csv last); return the summary and the leaderboard."""
         evals, costs, runs = self.evals(), self.costs(), self.runs()
         summary = tables.summarize(evals, runs, _run_costs(costs))
-        board = tables.leaderboard(summary)
+        board = self.leaderboard(summary)
         write_csv(evals, self._path("evals"))
         write_csv(costs, self._path("costs"))
         write_csv(summary, self._path("summary"))

@@ -33,9 +33,13 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
 import torch
 from tqdm.auto import tqdm
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 from clbench.benchmarks import SCENARIOS, benchmark_info, make_stream
 from clbench.benchmarks.registry import check_backbone
@@ -73,14 +77,17 @@ class Sweep:
 
 def load_sweep(path: Path) -> Sweep:
     """Parse and check a sweep file; every error is a UsageError naming the bad value and the valid choices."""
+    return sweep_from_dict(read_sweep_file(path), str(path))
+
+
+def read_sweep_file(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"sweep file {str(path)!r} does not exist")
     try:
-        spec = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"sweep file {str(path)!r} is not valid TOML: {err}") from None
-    return sweep_from_dict(spec, str(path))
 
 
 def _list(spec: dict, key: str, kind, where: str) -> list:
