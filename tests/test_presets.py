@@ -188,3 +188,8 @@ def test_a_number_published_on_the_benchmark_that_ran_is_judged(tmp_path):
     merged = tmp_path / "merged.csv"
     assert run_cli("leaderboard", out, "-o", merged) == 0
     assert pd.read_csv(merged, keep_default_na=False).set_index("strategy").loc["ewc", "reproduced"] == "✗"
+    # The HTML report shows the same columns.
+    assert run_cli("report", out) == 0
+    page = (out / "report.html").read_text()
+    assert 'data-key="reproduced"' in page and 'data-key="published"' in page
+    assert "<td>✓</td>" in page and "<td>✗</td>" in page

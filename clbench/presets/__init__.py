@@ -134,7 +134,7 @@ def compare(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
         ours, ours_sem = row.get(f"{best.metric}_mean", math.nan), row.get(f"{best.metric}_sem", math.nan)
         diff = ours - best.published
         out.loc[i, ["published", "published_sem", "diff"]] = [best.published, best.published_sem, diff]
-        out.loc[i, "source"] = best.source
+        out.loc[i, "source"] = best.source if isinstance(best.source, str) else ""
         if best.published_on != row["benchmark"]:
             out.loc[i, "reproduced"] = f"not comparable (published on {best.published_on})"
         elif not math.isnan(diff):

@@ -30,6 +30,9 @@ __all__ = ["build_report", "check_output_file", "write_report"]
 TEXT_COLUMNS = ["benchmark", "scenario", "strategy", "params"]
 COST_COLUMNS = tables.COSTS_COLUMNS[1:]  # train_s, eval_s, peak_rss_mb, strategy_mem_mb
 COLUMN_HELP = {
+    "published": "the paper's number for this configuration (paper presets); hover for its source",
+    "diff": "acc minus the published number",
+    "reproduced": "within max(tolerance, 2 combined standard errors) of the published number",
     "params": "hyperparameters that differ from the strategy's defaults",
     "n_seeds": "finished runs (seeds) averaged in this row",
     "acc": "average accuracy on all experiences after the last one",
@@ -130,9 +133,11 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
     """The leaderboard table; numeric cells carry their mean in data-value so that the script sorts by it."""
     metrics = [*tables.MATRIX_METRICS, *COST_COLUMNS]
     shown = tables.format_mean_sem(board, metrics=metrics)
-    columns = [*TEXT_COLUMNS, "n_seeds", *metrics]
+    published = "published" in board.columns and board["published"].notna().any()  # a paper preset's folder
+    extra = ["published", "diff", "reproduced"] if published else []
+    columns = [*TEXT_COLUMNS, "n_seeds", *metrics, *extra]
     head = "".join(
-        f'<th data-key="{c}" data-type="{"text" if c in TEXT_COLUMNS else "number"}"'
+        f'<th data-key="{c}" data-type="{"text" if c in (*TEXT_COLUMNS, "reproduced") else "number"}"'
         f' title="{html.escape(COLUMN_HELP.get(c, c))}">{c}</th>'
         for c in columns
     )
@@ -145,6 +150,13 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
             mean = row[f"{m}_mean"]
             cells.append(f'<td data-value="{"" if pd.isna(mean) else repr(float(mean))}">'
                          f"{html.escape(shown.at[k, m])}</td>")
+        if published:
+            for column, fmt in (("published", "{:.3f}"), ("diff", "{:+.3f}")):
+                value = row[column]
+                text = "" if pd.isna(value) else fmt.format(value)
+                cells.append(f'<td data-value="{"" if pd.isna(value) else repr(float(value))}" '
+                             f'title="{html.escape(row["source"])}">{text}</td>')
+            cells.append(f"<td>{html.escape(row['reproduced'])}</td>")
         rows.append(f'<tr title="config {html.escape(str(row["config_id"]))}">{"".join(cells)}</tr>')
     body = "\n".join(rows)
     return f'<table id="leaderboard"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
@@ -214,7 +226,7 @@ def build_report(store: ResultStore) -> str:
     if summary.empty:
         raise UsageError(f"{str(store.root)!r} has no finished run to report ({len(runs)} run(s) in runs.csv, none "
                          "with status ok)")
-    board = tables.leaderboard(summary)
+    board = store.leaderboard(summary)  # with the published numbers of a paper preset's folder
     per_run = {run_id: tables.matrices_from_evals(evals, run_id) for run_id in summary["run_id"]}
     seeds_of = summary.groupby("config_id")["run_id"].apply(list).to_dict()
     labels = _labels(board)
