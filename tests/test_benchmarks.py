@@ -386,3 +386,14 @@ def test_digits_stream_trains_with_its_backbone(digits):
     logits = model(stream[0].train.x)
     assert logits.shape == (40, 10)
     torch.nn.functional.cross_entropy(logits, stream[0].train.y).backward()
+
+
+def test_natural_class_order_keeps_label_order_and_is_for_split_benchmarks_only():
+    stream = make_stream("split-digits", "domain", class_order="natural")
+    assert stream.spec.metadata["class_order"] == list(range(10))
+    assert make_stream("split-digits", "class", stream_seed=5, class_order="natural").spec.metadata["class_order"] \
+        == list(range(10))
+    with pytest.raises(UsageError, match="unknown class order 'sorted'; valid choices: natural, seeded"):
+        make_stream("split-digits", "class", class_order="sorted")
+    with pytest.raises(UsageError, match="applies to split benchmarks; 'permuted-digits' is a permuted benchmark"):
+        make_stream("permuted-digits", "domain", class_order="natural")

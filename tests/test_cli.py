@@ -237,10 +237,12 @@ def test_iterations_counts_optimizer_steps_across_reshuffled_passes(tmp_path):
 def test_backbone_option_is_recorded_and_checked(tmp_path, capsys):
     out = tmp_path / "bb"
     assert run_cli("run", "--benchmark", "split-digits", "--scenario", "class", "--strategy", "naive",
-                   "--backbone", "mlp400", "--out", out, "--no-plots", *QUICK) == 0
+                   "--backbone", "mlp400", "--class-order", "natural", "--out", out, "--no-plots", *QUICK) == 0
     runs = pd.read_csv(out / "runs.csv")
-    assert json.loads(runs["train_config"][0])["backbone"] == "mlp400"
-    assert "backbone" not in config("naive").canonical()  # run ids from before the option are unchanged
+    recorded = json.loads(runs["train_config"][0])
+    assert recorded["backbone"] == "mlp400" and recorded["class_order"] == "natural"
+    canonical = config("naive").canonical()
+    assert "backbone" not in canonical and "class_order" not in canonical  # earlier run ids are unchanged
     assert run_cli("run", "--benchmark", "split-digits", "--scenario", "class", "--strategy", "naive",
                    "--backbone", "vit", "--out", tmp_path / "bad") == 2
     assert "unknown backbone 'vit'" in capsys.readouterr().err and not (tmp_path / "bad").exists()

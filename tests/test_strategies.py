@@ -316,3 +316,33 @@ def test_packaged_strategy_through_the_entry_point_group(tmp_path, monkeypatch):
     assert "demo-diverging" in strategy_names()
     cls = get_strategy("demo-diverging")
     assert cls.__name__ == "Diverging" and "steps_before_nan" in cls.hyperparameters()
+
+
+def test_ewc_fisher_at_predicted_labels_is_the_fisher_of_the_model_s_own_predictions(digits_class):
+    """fisher_labels="predicted" (van de Ven & Tolias's choice) equals the empirical Fisher of data relabelled with
+    the model's predictions, on the MLP closed form and on the generic torch.func path alike."""
+    from clbench.benchmarks import TensorData
+    from clbench.runners.config import RunConfig
+
+    strategy = make_strategy("ewc", {"fisher_labels": "predicted", "fisher_batch_size": 4})
+    torch.manual_seed(0)
+    model = build_backbone(digits_class.spec)
+    strategy.setup(digits_class.spec, model, train=FAST_TRAIN, seed=0)
+    data = digits_class[0].train.subset(torch.arange(10))
+    params = dict(model.named_parameters())
+    predicted = model(data.x).argmax(1)
+    assert not torch.equal(predicted, data.y)  # an untrained model: the two Fishers differ
+    fisher, generic = strategy.empirical_fisher(data), strategy._squared_grad_sums_vmap(data, params)
+    strategy.fisher_labels = "true"
+    relabelled = TensorData(data.x, predicted, data.task)
+    expected = strategy.empirical_fisher(relabelled)
+    at_true_labels = strategy.empirical_fisher(data)
+    for n in expected:
+        torch.testing.assert_close(fisher[n], expected[n])
+        torch.testing.assert_close(generic[n] / len(data), expected[n], rtol=1e-4, atol=1e-7)
+    assert any(not torch.allclose(fisher[n], at_true_labels[n]) for n in fisher)
+    # Run ids recorded before the option existed stay valid; the new value gives a new id.
+    default = RunConfig("split-digits", "class", "ewc", params=make_strategy("ewc").get_params())
+    assert "fisher_labels" not in default.canonical()["params"]
+    assert RunConfig("split-digits", "class", "ewc", params={**default.params, "fisher_labels": "predicted"}).run_id \
+        != default.run_id

@@ -149,16 +149,20 @@ def make_stream(
     train_subset: int | None = None,
     test_subset: int | None = None,
     backbone: str | None = None,
+    class_order: str = "seeded",
 ) -> Stream:
     """Build the named benchmark's stream for a scenario.
 
     n_experiences defaults to the benchmark's; for split benchmarks it must divide the number of classes.
     train_subset / test_subset cap the samples per experience (balanced over classes, drawn from the stream seed).
     backbone replaces the benchmark's reference backbone (a name from BACKBONES), e.g. a paper's own network.
+    class_order "natural" keeps a split benchmark's classes in label order (0/1, 2/3, ...) instead of drawing it from
+    the stream seed.
     """
     info = benchmark_info(name)
     info.check_scenario(scenario)
     check_backbone(backbone)
+    check_class_order(class_order, info)
     _check_int("stream_seed", stream_seed, minimum=0)
     _check_int("n_experiences", n_experiences, minimum=1, allow_none=True)
     _check_int("train_subset", train_subset, minimum=1, allow_none=True)
@@ -179,7 +183,19 @@ def make_stream(
         test_subset=test_subset,
         name=name,
         backbone=backbone or info.backbone,
+        **({"class_order": range(k)} if class_order == "natural" else {}),
     )
+
+
+CLASS_ORDERS = ("natural", "seeded")
+
+
+def check_class_order(class_order: str, info: BenchmarkInfo | None = None) -> None:
+    if class_order not in CLASS_ORDERS:
+        raise unknown_choice("class order", class_order, CLASS_ORDERS)
+    if class_order == "natural" and info is not None and info.kind != "split":
+        raise UsageError(f"class_order='natural' applies to split benchmarks; {info.name!r} is a {info.kind} "
+                         "benchmark (its classes are not split)")
 
 
 def check_backbone(backbone: str | None) -> None:

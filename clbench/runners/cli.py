@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hyperparameters as Python literals; prefix with a strategy name to target only it")
     run.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N", help="training seeds (default: 0)")
     run.add_argument("--stream-seed", type=int, default=0, help="seed of class order / permutations (default: 0)")
+    run.add_argument("--class-order", default="seeded", help="split benchmarks: seeded (drawn from the stream seed, "
+                                                              "default) or natural (0/1, 2/3, ...)")
     run.add_argument("--n-experiences", type=int, default=None, help="override the benchmark's number of experiences")
     run.add_argument("--epochs", type=int, default=1)
     run.add_argument("--iterations", type=int, default=None, metavar="N",
@@ -170,7 +172,7 @@ def cmd_list(args) -> int:
 
 def _resolve_run(args):
     """Check every input and build the run configs and streams; raises UsageError before anything is written."""
-    from clbench.benchmarks.registry import check_backbone
+    from clbench.benchmarks.registry import check_backbone, check_class_order
     from clbench.runners.config import RunConfig
     from clbench.runners.store import check_writable
 
@@ -198,6 +200,8 @@ def _resolve_run(args):
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     check_backbone(args.backbone)
+    for bench in benchmarks:
+        check_class_order(args.class_order, bench)
     check_writable(args.out)
 
     streams = {}
@@ -207,11 +211,13 @@ def _resolve_run(args):
                 bench, scenario, stream_seed=args.stream_seed, n_experiences=args.n_experiences,
                 data_root=args.data_root, download=args.download,
                 train_subset=args.train_subset, test_subset=args.test_subset, backbone=args.backbone,
+                class_order=args.class_order,
             )
     configs = [
         RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, params=params[cls.name], seed=seed,
                   stream_seed=args.stream_seed, n_experiences=args.n_experiences, train_subset=args.train_subset,
-                  test_subset=args.test_subset, train=train, eval_every=args.eval_every, backbone=args.backbone)
+                  test_subset=args.test_subset, train=train, eval_every=args.eval_every, backbone=args.backbone,
+                  class_order=args.class_order)
         for bench in args.benchmark for scenario in args.scenario for cls in classes for seed in args.seeds
     ]
     return configs, streams

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 from clbench.strategies.base import TrainConfig
 
+# Hyperparameters added after runs were recorded: left out of the canonical config while at these defaults, so the
+# ids of earlier runs (which ran with exactly these values) stay valid and a rerun skips them.
+LATER_DEFAULTS = {"ewc": {"fisher_labels": "true"}}
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -26,9 +30,13 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     eval_every: int = 1  # full rows of R every k training experiences (and at the last); see loop.evaluated
     backbone: str | None = None  # None: the benchmark's reference backbone
+    class_order: str = "seeded"  # split benchmarks: "natural" keeps label order
 
     def canonical(self, *, with_seed: bool = True) -> dict:
         out = dataclasses.asdict(self)
+        for name, default in LATER_DEFAULTS.get(self.strategy, {}).items():
+            if out["params"].get(name) == default:
+                out["params"].pop(name)
         if not with_seed:
             out.pop("seed")
         if self.eval_every == 1:  # the default is left out so that run ids from before the option stay valid
@@ -37,13 +45,15 @@ class RunConfig:
             out["train"].pop("iterations")
         if self.backbone is None:
             out.pop("backbone")
+        if self.class_order == "seeded":
+            out.pop("class_order")
         return out
 
     def settings(self) -> dict:
         """The runner's settings (optimisation, data sizes, evaluation), without the method and its hyperparameters."""
         return dataclasses.asdict(self.train) | {
             "n_experiences": self.n_experiences, "train_subset": self.train_subset, "test_subset": self.test_subset,
-            "eval_every": self.eval_every, "backbone": self.backbone,
+            "eval_every": self.eval_every, "backbone": self.backbone, "class_order": self.class_order,
         }
 
     @property

@@ -238,7 +238,7 @@ def journal_entry(result: RunResult, *, versions: dict, device: str) -> dict:
         **keys,
         "config_id": cfg.config_id,
         "stream_seed": cfg.stream_seed,
-        "params": to_json(cfg.params),
+        "params": to_json(cfg.canonical()["params"]),  # as hashed: later-added defaults left out (config.py)
         "train_config": to_json(cfg.settings()),
         "versions": to_json(versions),
         "device": device,

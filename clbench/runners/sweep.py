@@ -42,7 +42,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from clbench.benchmarks import SCENARIOS, benchmark_info, make_stream
-from clbench.benchmarks.registry import check_backbone
+from clbench.benchmarks.registry import check_backbone, check_class_order
 from clbench.errors import UsageError, unknown_choice
 from clbench.runners.config import RunConfig
 from clbench.strategies import TrainConfig, get_strategy
@@ -51,8 +51,8 @@ TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name"
 SETTINGS = {
     "epochs": int, "iterations": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
     "optimizer": str, "eval_batch_size": int, "stream_seed": int, "n_experiences": int, "train_subset": int,
-    "test_subset": int, "eval_every": int, "backbone": str, "threads": int, "device": str, "data_root": str,
-    "checkpoint": bool,
+    "test_subset": int, "eval_every": int, "backbone": str, "class_order": str, "threads": int, "device": str,
+    "data_root": str, "checkpoint": bool,
 }  # fmt: skip
 TRAIN_SETTINGS = ("epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
                   "eval_batch_size")  # the settings that make the TrainConfig
@@ -72,7 +72,7 @@ class Sweep:
 
     def stream_key(self, config: RunConfig) -> tuple:
         return (config.benchmark, config.scenario, config.stream_seed, config.n_experiences, config.train_subset,
-                config.test_subset, config.backbone)
+                config.test_subset, config.backbone, config.class_order)
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -169,8 +169,10 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
             get_strategy(name).check_scenario(scenario)
 
     check_backbone(settings.get("backbone"))
+    for bench in benchmarks:
+        check_class_order(settings.get("class_order", "seeded"), bench)
     run_options = {k: settings[k] for k in ("stream_seed", "n_experiences", "train_subset", "test_subset",
-                                            "eval_every", "backbone") if k in settings}
+                                            "eval_every", "backbone", "class_order") if k in settings}
     configs = [
         RunConfig(benchmark=bench.name, scenario=scenario, strategy=name, params=params, seed=seed, train=train,
                   **run_options)
@@ -189,10 +191,10 @@ _STREAMS: dict[tuple, object] = {}
 def _stream(sweep_key: tuple, data_root: str | None):
     """Streams are built once per process (workers keep their own cache)."""
     if sweep_key not in _STREAMS:
-        benchmark, scenario, stream_seed, n_experiences, train_subset, test_subset, backbone = sweep_key
+        benchmark, scenario, stream_seed, n_experiences, train_subset, test_subset, backbone, class_order = sweep_key
         _STREAMS[sweep_key] = make_stream(benchmark, scenario, stream_seed=stream_seed, n_experiences=n_experiences,
                                           train_subset=train_subset, test_subset=test_subset, data_root=data_root,
-                                          backbone=backbone)
+                                          backbone=backbone, class_order=class_order)
     return _STREAMS[sweep_key]
 
 

@@ -10,6 +10,8 @@ Names and the penalty's scale (no ½) follow Avalanche's EWCPlugin. One differen
 the squared *mini-batch* gradients, while clbench averages squared *per-sample* gradients (the empirical Fisher of
 the paper), computed in one vectorised pass with torch.func (vmap over grad). Per-sample squares are larger than
 mini-batch squares by about the batch size, so an Avalanche `ewc_lambda` corresponds to a smaller one here.
+With fisher_labels="predicted" the log-likelihood is taken at the model's own prediction instead of the true label
+(the choice of van de Ven & Tolias's code; the "true Fisher" evaluated at its most likely label).
 The default ewc_lambda=10 trains stably on Split-Fashion-MNIST with SGD lr 0.01 momentum 0.9 in every scenario;
 100 diverged there in class-IL for one seed out of three (the separate penalties add up) and 1000 for every seed. The
 stable range shrinks as the learning rate grows.
@@ -43,8 +45,9 @@ def _only_linear_layers(model: nn.Module, params: dict) -> bool:
 
 @register("ewc")
 class EWC(SGDStrategy):
-    """EWC with a per-sample empirical Fisher; `mode` "separate" keeps one penalty per experience, "online" one
-    running penalty decayed by `decay_factor`. `fisher_batch_size` bounds the memory of the vectorised pass."""
+    """EWC with a per-sample Fisher; `mode` "separate" keeps one penalty per experience, "online" one running
+    penalty decayed by `decay_factor`; `fisher_labels` "true" (empirical Fisher) or "predicted" (the model's own
+    prediction as the label). `fisher_batch_size` bounds the memory of the vectorised pass."""
 
     def __init__(
         self,
@@ -52,11 +55,13 @@ class EWC(SGDStrategy):
         mode: Literal["separate", "online"] = "separate",
         decay_factor: float | None = None,
         fisher_batch_size: int = 128,
+        fisher_labels: Literal["true", "predicted"] = "true",
     ):
         self.ewc_lambda = ewc_lambda
         self.mode = mode
         self.decay_factor = decay_factor
         self.fisher_batch_size = fisher_batch_size
+        self.fisher_labels = fisher_labels
 
     def validate(self):
         if self.ewc_lambda < 0:
@@ -113,7 +118,8 @@ class EWC(SGDStrategy):
         return weight, centre, offset
 
     def empirical_fisher(self, data) -> dict[str, torch.Tensor]:
-        """Mean over samples of the squared per-sample gradient of the (task-masked) cross-entropy."""
+        """Mean over samples of the squared per-sample gradient of the (task-masked) cross-entropy, at the true
+        labels or, with fisher_labels="predicted", at the model's predictions."""
         model = self.model_
         was_training = model.training
         model.eval()  # batch-norm statistics must not depend on which samples share a chunk
@@ -143,7 +149,8 @@ class EWC(SGDStrategy):
             logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
             return F.cross_entropy(self.mask_logits(logits, task.unsqueeze(0)), y.unsqueeze(0))
 
-        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))(detached, chunk.x, chunk.y, chunk.task)
+        labels = self._fisher_targets(chunk)
+        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))(detached, chunk.x, labels, chunk.task)
         return {name: g.pow(2).sum(0) for name, g in grads.items()}
 
     def _squared_grad_sums_linear(self, chunk) -> dict[str, torch.Tensor] | None:
@@ -169,7 +176,9 @@ class EWC(SGDStrategy):
                 if any(n != 1 for n in calls.values()) or any(a.dim() != 2 for a in inputs.values()):
                     return None
                 # summed, not averaged: row i of d(loss)/d(output) is then exactly sample i's own gradient
-                loss = F.cross_entropy(self.mask_logits(logits, chunk.task), chunk.y, reduction="sum")
+                masked = self.mask_logits(logits, chunk.task)
+                labels = masked.detach().argmax(1) if self.fisher_labels == "predicted" else chunk.y
+                loss = F.cross_entropy(masked, labels, reduction="sum")
                 deltas = torch.autograd.grad(loss, [outputs[name] for name in layers])
         finally:
             for handle in handles:
@@ -181,6 +190,12 @@ class EWC(SGDStrategy):
             if layer.bias is not None:
                 sums[f"{name}.bias"] = delta_sq.sum(0)
         return sums
+
+    def _fisher_targets(self, chunk) -> torch.Tensor:
+        if self.fisher_labels == "true":
+            return chunk.y
+        with torch.no_grad():
+            return self.mask_logits(self.model_(chunk.x), chunk.task).argmax(1)
 
     def state_bytes(self):
         stored = [t for d in self.importances_ + self.anchors_ for t in d.values()]
