@@ -10,6 +10,7 @@ import argparse
 import ast
 import copy
 import json
+import os
 import platform
 import sys
 import textwrap
@@ -450,6 +451,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("clbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; give it somewhere to go
+        return 0
 
 
 if __name__ == "__main__":
