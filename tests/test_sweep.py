@@ -236,3 +236,17 @@ def test_ray_executor_gives_the_same_tables_bit_for_bit(tmp_path):
     for name in expected:
         pd.testing.assert_frame_equal(expected[name], got[name])
     assert len(pd.read_csv(distributed / "runs.csv")) == 8
+
+
+def test_command_line_replaces_seeds_and_settings_of_a_sweep_file(tmp_path, capsys):
+    text = SWEEP.replace('grid = { ewc_lambda = [1.0, 10.0] }',
+                         'grid = { ewc_lambda = [1.0, 10.0] }\nsettings = { lr = 0.1 }')
+    path = write_sweep(tmp_path, text)
+    assert main(["sweep", str(path), "--dry-run", "--seeds", "7", "--setting", "lr=0.2", "iterations=3"]) == 0
+    listed = capsys.readouterr().out
+    assert "8 runs, 0 done, 8 to run" in listed and listed.count(" seed 7 ") == 8
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out), "--seeds", "7", "--setting", "lr=0.2", "iterations=3",
+                 "--quiet", "--no-plots"]) == 0
+    configs = pd.read_csv(out / "runs.csv")["train_config"].map(json.loads)
+    assert {(c["lr"], c["iterations"]) for c in configs} == {(0.2, 3)}  # EWC's own lr is replaced too

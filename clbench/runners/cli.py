@@ -364,11 +364,12 @@ def _sweep_spec(args):
             if isinstance(entry, dict) and isinstance(entry.get("settings"), dict):
                 entry["settings"] = {k: v for k, v in entry["settings"].items() if k not in overrides}
     benchmark_map = _pairs(args.benchmark_map, "--benchmark-map")
-    benchmarks = spec.get("benchmarks") if isinstance(spec.get("benchmarks"), list) else []
-    for source in benchmark_map:
-        if source not in benchmarks:
-            raise unknown_choice("benchmark to map (the sweep's benchmarks)", source, benchmarks)
-    spec["benchmarks"] = [benchmark_map.get(b, b) for b in benchmarks] or spec.get("benchmarks")
+    if benchmark_map:
+        benchmarks = spec.get("benchmarks") if isinstance(spec.get("benchmarks"), list) else []
+        for source in benchmark_map:
+            if source not in benchmarks:
+                raise unknown_choice("benchmark to map (the sweep's benchmarks)", source, benchmarks)
+        spec["benchmarks"] = [benchmark_map.get(b, b) for b in benchmarks]
     return spec, preset, benchmark_map
 
 
