@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -115,13 +116,8 @@ def plot_leaderboard(leaderboard_df: pd.DataFrame, path, metric: str = "acc") ->
         raise ValueError(f"leaderboard lacks column(s) {missing} needed to plot {metric!r}")
     if leaderboard_df.empty:
         raise ValueError("leaderboard is empty: nothing to plot")
-    panels = list(leaderboard_df.groupby(["benchmark", "scenario"], sort=True))
-    ncols = min(3, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    height = max(2.5, 0.35 * max(len(g) for _, g in panels) + 1.2)
-    fig = _figure(5 * ncols, height * nrows)
-    for k, ((bench, scen), g) in enumerate(panels):
-        ax = fig.add_subplot(nrows, ncols, k + 1)
+    panels = []
+    for key, g in leaderboard_df.groupby(["benchmark", "scenario"], sort=True):
         g = g.sort_values(mean, ascending=True, na_position="first")
         repeated = g["strategy"].duplicated(keep=False)
         params = g["params"].astype(str) if "params" in g.columns else pd.Series("", index=g.index)
@@ -129,6 +125,15 @@ def plot_leaderboard(leaderboard_df: pd.DataFrame, path, metric: str = "acc") ->
         labels = [f"{s} ({_changed(s, p)})" if r else s for s, p, r in rows]
         if "n_seeds" in g.columns:
             labels = [f"{label} (n={n})" for label, n in zip(labels, g["n_seeds"], strict=True)]
+        # Long hyperparameter lists are wrapped, so that the labels never squeeze the bars away.
+        panels.append((key, g, [textwrap.fill(label, 40) for label in labels]))
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    lines = max(sum(label.count("\n") + 1 for label in labels) for _, _, labels in panels)
+    height = max(2.5, 0.3 * lines + 0.1 * max(len(g) for _, g, _ in panels) + 1.2)
+    fig = _figure(6 * ncols, height * nrows)
+    for k, ((bench, scen), g, labels) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, k + 1)
         y = np.arange(len(g))
         ax.barh(y, g[mean].fillna(0), xerr=g[sem].fillna(0), capsize=3, color="tab:blue", alpha=0.8)
         ax.set_yticks(y, labels, fontsize="small")
