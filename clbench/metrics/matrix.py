@@ -1,4 +1,4 @@
-"""Continual-learning metrics as pure functions of the accuracy matrix (numpy only, see /work/shared/METRICS.md).
+"""Continual-learning metrics as pure functions of the accuracy matrix (numpy only, see docs/METRICS.md).
 
 ``R[i, j]`` is the test accuracy on experience ``j`` right after training on experience ``i``; ``b[j]`` is the
 accuracy on experience ``j`` before any training (the row ``step = -1``). Every function takes a T×T ``R`` (and a
