@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import UsageError, unknown_choice
+from .backbones import BACKBONES
 from .base import Stream
 from .datasets import N_CLASSES, load_dataset
 from .generators import (
@@ -190,16 +191,14 @@ def make_stream(
 CLASS_ORDERS = ("natural", "seeded")
 
 
-def check_class_order(class_order: str, info: BenchmarkInfo | None = None) -> None:
+def check_class_order(class_order: str, info: BenchmarkInfo) -> None:
     if class_order not in CLASS_ORDERS:
         raise unknown_choice("class order", class_order, CLASS_ORDERS)
-    if class_order == "natural" and info is not None and info.kind != "split":
+    if class_order == "natural" and info.kind != "split":
         raise UsageError(f"class_order='natural' applies to split benchmarks; {info.name!r} is a {info.kind} "
                          "benchmark (its classes are not split)")
 
 
 def check_backbone(backbone: str | None) -> None:
-    from .backbones import BACKBONES
-
     if backbone is not None and backbone not in BACKBONES:
         raise unknown_choice("backbone", backbone, BACKBONES)

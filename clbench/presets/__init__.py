@@ -33,12 +33,8 @@ from importlib import resources
 
 import pandas as pd
 
+from clbench import _toml
 from clbench.errors import UsageError, unknown_choice
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
 
 PREFIX = "preset:"
 PUBLISHED_COLUMNS = ["preset", "benchmark", "published_on", "scenario", "strategy", "match", "metric", "published",
@@ -79,7 +75,7 @@ PUBLISHED_KEYS = {"benchmark", "scenario", "strategy", "params", "metric", "valu
 
 
 def _parse(text: str, where: str) -> Preset:
-    spec = tomllib.loads(text)
+    spec = _toml.loads(text)
     unknown = set(spec) - PRESET_KEYS
     if unknown:
         raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid choices: "
@@ -111,26 +107,28 @@ def get_preset(name: str) -> Preset:
 
 def compare(board: pd.DataFrame, published: pd.DataFrame) -> pd.DataFrame:
     """The leaderboard with published, published_sem, diff, reproduced and source columns for the configurations a
-    published number matches (same benchmark, scenario and strategy, and the number's params among theirs).
+    published number matches (same benchmark, scenario and strategy, and the number's params among theirs); the
+    leaderboard as it is when there are no published numbers (a folder no preset ran in).
 
     Reproduced (✓) when |diff| ≤ max(tolerance, 2·√(sem_ours² + sem_published²)), a missing SEM counting as 0;
     "not comparable" when the number was published on another benchmark than the one run.
     """
+    if published.empty:
+        return board
     out = board.copy()
     for column in ("published", "published_sem", "diff"):
         out[column] = math.nan
     out["reproduced"], out["source"] = "", ""
-    if published.empty or board.empty:
-        return out
+    required = published.assign(match=[json.loads(m) for m in published["match"]])
     for i, row in board.iterrows():
         params = json.loads(row["params"]) if isinstance(row["params"], str) else {}
-        candidates = published[(published["benchmark"] == row["benchmark"]) & (published["scenario"] == row["scenario"])
-                               & (published["strategy"] == row["strategy"])]
+        candidates = required[(required["benchmark"] == row["benchmark"]) & (required["scenario"] == row["scenario"])
+                              & (required["strategy"] == row["strategy"])]
         matches = [p for p in candidates.itertuples(index=False)
-                   if all(params.get(k) == v for k, v in json.loads(p.match).items())]
+                   if all(params.get(k) == v for k, v in p.match.items())]
         if not matches:
             continue
-        best = max(matches, key=lambda p: len(json.loads(p.match)))  # the most specific number
+        best = max(matches, key=lambda p: len(p.match))  # the most specific number
         ours, ours_sem = row.get(f"{best.metric}_mean", math.nan), row.get(f"{best.metric}_sem", math.nan)
         diff = ours - best.published
         out.loc[i, ["published", "published_sem", "diff"]] = [best.published, best.published_sem, diff]

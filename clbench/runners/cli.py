@@ -173,7 +173,6 @@ def cmd_list(args) -> int:
 
 def _resolve_run(args):
     """Check every input and build the run configs and streams; raises UsageError before anything is written."""
-    from clbench.benchmarks.registry import check_backbone, check_class_order
     from clbench.runners.config import RunConfig
     from clbench.runners.store import check_writable
 
@@ -200,9 +199,6 @@ def _resolve_run(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    check_backbone(args.backbone)
-    for bench in benchmarks:
-        check_class_order(args.class_order, bench)
     check_writable(args.out)
 
     streams = {}
@@ -313,10 +309,8 @@ def cmd_leaderboard(args) -> int:
     from clbench.presets import compare
 
     summary = pd.concat([s.summary() for s in stores], ignore_index=True).drop_duplicates("run_id")
-    board = tables.leaderboard(summary)
     published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
-    if not published.empty:
-        board = compare(board, published)
+    board = compare(tables.leaderboard(summary), published)
     write_csv(board, args.output)
     print(format_leaderboard(board))
     return 0

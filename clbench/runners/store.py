@@ -202,8 +202,7 @@ class ResultStore:
         """The leaderboard, compared with the folder's published numbers when it has any."""
         from clbench.presets import compare
 
-        board, published = tables.leaderboard(summary), self.published()
-        return board if published.empty else compare(board, published)
+        return compare(tables.leaderboard(summary), self.published())
 
     def write_derived(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rewrite every table from the journal (runs.csv last); return the summary and the leaderboard."""

@@ -36,11 +36,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
+from clbench import _toml
 from clbench.benchmarks import SCENARIOS, benchmark_info, make_stream
 from clbench.benchmarks.registry import check_backbone, check_class_order
 from clbench.errors import UsageError, unknown_choice
@@ -54,6 +50,8 @@ SETTINGS = {
     "test_subset": int, "eval_every": int, "backbone": str, "class_order": str, "threads": int, "device": str,
     "data_root": str, "checkpoint": bool,
 }  # fmt: skip
+STREAM_FIELDS = ("benchmark", "scenario", "stream_seed", "n_experiences", "train_subset", "test_subset", "backbone",
+                 "class_order")  # RunConfig fields that make_stream takes
 TRAIN_SETTINGS = ("epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
                   "eval_batch_size")  # the settings that make the TrainConfig
 STRATEGY_KEYS = {"name", "params", "grid", "scenarios", "settings"}
@@ -71,8 +69,8 @@ class Sweep:
     checkpoint: bool = False  # save each run's state after every experience (long runs) and resume from it
 
     def stream_key(self, config: RunConfig) -> tuple:
-        return (config.benchmark, config.scenario, config.stream_seed, config.n_experiences, config.train_subset,
-                config.test_subset, config.backbone, config.class_order)
+        """The config's stream arguments of make_stream, as (name, value) pairs: runs with equal keys share a stream."""
+        return tuple((name, getattr(config, name)) for name in STREAM_FIELDS)
 
 
 def load_sweep(path: Path) -> Sweep:
@@ -85,8 +83,8 @@ def read_sweep_file(path: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"sweep file {str(path)!r} does not exist")
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
+        return _toml.loads(path.read_text())
+    except _toml.TOMLDecodeError as err:
         raise UsageError(f"sweep file {str(path)!r} is not valid TOML: {err}") from None
 
 
@@ -191,10 +189,8 @@ _STREAMS: dict[tuple, object] = {}
 def _stream(sweep_key: tuple, data_root: str | None):
     """Streams are built once per process (workers keep their own cache)."""
     if sweep_key not in _STREAMS:
-        benchmark, scenario, stream_seed, n_experiences, train_subset, test_subset, backbone, class_order = sweep_key
-        _STREAMS[sweep_key] = make_stream(benchmark, scenario, stream_seed=stream_seed, n_experiences=n_experiences,
-                                          train_subset=train_subset, test_subset=test_subset, data_root=data_root,
-                                          backbone=backbone, class_order=class_order)
+        kwargs = dict(sweep_key)
+        _STREAMS[sweep_key] = make_stream(kwargs.pop("benchmark"), data_root=data_root, **kwargs)
     return _STREAMS[sweep_key]
 
 
