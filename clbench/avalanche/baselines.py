@@ -86,6 +86,9 @@ class AvalancheStrategy(Strategy):
     """Runs an Avalanche strategy class (`avalanche_class`) inside clbench's runner."""
 
     avalanche_class: ClassVar[type]
+    # Its state is a whole Avalanche strategy object (plugins, buffers, loaders), which a checkpoint of tensors and
+    # plain values cannot hold: these runs save no checkpoint and restart from the beginning after a kill.
+    checkpointable = False
 
     def __init__(self, **params):
         self.params = params

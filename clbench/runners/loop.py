@@ -8,9 +8,8 @@ off the evaluation table afterwards.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
-import os
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,10 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from clbench.benchmarks import Batch, Stream, TensorData, build_backbone
+from clbench.runners.checkpoint import SavedRun, load_checkpoint, save_checkpoint, warn_ignored
 from clbench.runners.config import RunConfig
 from clbench.runners.memory import peak_rss_mb, reset_peak_rss
-from clbench.strategies import Strategy, make_strategy
-from clbench.strategies.base import TrainConfig
+from clbench.strategies import Strategy
+from clbench.strategies.base import NotCheckpointable, TrainConfig
+
+logger = logging.getLogger(__name__)
 
 
 class DivergedError(RuntimeError):
@@ -100,7 +102,8 @@ def run(config: RunConfig, stream: Stream, *, device="cpu", progress: bool = Tru
 
     With `checkpoint` (a file path), the run's whole state is saved there after every experience and a run that
     finds one resumes after the last finished experience, with the same results as an uninterrupted run; the file
-    is removed when the run ends.
+    is removed when the run ends. The file holds tensors and JSON only (`clbench.runners.checkpoint`); one that is
+    not a valid checkpoint of this run is ignored with a warning. Strategies with `checkpointable = False` save none.
     """
     result = RunResult(config)
     started = time.perf_counter()
@@ -116,21 +119,16 @@ def run(config: RunConfig, stream: Stream, *, device="cpu", progress: bool = Tru
 
 def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunResult, progress: bool,
          checkpoint: Path | None) -> None:
-    init_seed, order_seed, strategy_seed = run_seeds(config)
     cfg = config.train
     reset_peak_rss()
-    saved = _load_checkpoint(checkpoint, config)
-    if saved is None:
-        strategy = make_strategy(config.strategy, config.params)  # setup() rejects an unsupported scenario
-        torch.manual_seed(init_seed)
-        model = build_backbone(stream.spec).to(device)
-        strategy.setup(stream.spec, model, train=cfg, seed=strategy_seed, device=device)
-        order_generator = torch.Generator().manual_seed(order_seed)
-        first = 0
-    else:
-        strategy, order_generator, first = saved["strategy"], saved["order_generator"], saved["next_experience"]
-        result.evals, result.costs, result.duration_s = saved["evals"], saved["costs"], saved["duration_s"]
-        _set_global_rng(saved["global_rng"])
+    strategy, order_generator, saved = _start(config, stream, device, checkpoint)
+    first = 0
+    if saved is not None:
+        first = saved.next_experience
+        result.evals, result.costs, result.duration_s = saved.evals, saved.costs, saved.duration_s
+    if checkpoint is not None and not strategy.checkpointable:
+        logger.info("strategy %s cannot be checkpointed: run %s saves no checkpoint", config.strategy, config.run_id)
+        checkpoint = None
 
     def record(step: int, train_s: float, loss: float) -> None:
         t0 = time.perf_counter()
@@ -168,35 +166,42 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         bar.set_postfix(loss=f"{mean_loss:.3f}")
         record(exp.index, time.perf_counter() - t0, mean_loss)
         if checkpoint is not None and exp.index < len(stream) - 1:
-            _save_checkpoint(checkpoint, config, {
-                "strategy": strategy, "order_generator": order_generator, "next_experience": exp.index + 1,
-                "evals": result.evals, "costs": result.costs, "global_rng": _global_rng(),
-                "duration_s": result.duration_s + time.perf_counter() - run_started,
-            })
+            try:
+                save_checkpoint(checkpoint, run_id=config.run_id, strategy=strategy, order_generator=order_generator,
+                                next_experience=exp.index + 1, evals=result.evals, costs=result.costs,
+                                duration_s=result.duration_s + time.perf_counter() - run_started)
+            except NotCheckpointable as err:  # a user strategy holding other objects: run on, without checkpoints
+                logger.warning("run %s saves no checkpoint: %s", config.run_id, err)
+                Path(checkpoint).unlink(missing_ok=True)
+                checkpoint = None
 
 
-def _global_rng() -> dict:
-    """The global generators some methods draw from (dropout, Avalanche's loaders and buffers)."""
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def _fresh_strategy(config: RunConfig, stream: Stream, device: torch.device) -> Strategy:
+    """The strategy set up on its seeded initial model, exactly as a fresh run starts (and a resumed one, before its
+    saved state is loaded into it)."""
+    init_seed, _, strategy_seed = run_seeds(config)
+    strategy = config.strategy_class().from_params(config.params)  # setup() rejects an unsupported scenario
+    torch.manual_seed(init_seed)
+    model = build_backbone(stream.spec).to(device)
+    strategy.setup(stream.spec, model, train=config.train, seed=strategy_seed, device=device)
+    return strategy
 
 
-def _set_global_rng(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
-def _save_checkpoint(path: Path, config: RunConfig, state: dict) -> None:
-    """Atomically: a kill while writing leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"run_id": config.run_id, **state}, tmp)
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path | None, config: RunConfig) -> dict | None:
-    if path is None or not Path(path).exists():
-        return None
-    state = torch.load(path, weights_only=False)  # our own file, written by _save_checkpoint
-    return state if state.get("run_id") == config.run_id else None
+def _start(config: RunConfig, stream: Stream, device: torch.device,
+           checkpoint: Path | None) -> tuple[Strategy, torch.Generator, SavedRun | None]:
+    """(strategy, data-order generator, saved run or None): fresh, or with the checkpoint's state loaded into them.
+    A checkpoint that cannot be loaded is ignored with a warning, and the run starts fresh."""
+    order_seed = run_seeds(config)[1]
+    strategy = _fresh_strategy(config, stream, device)
+    order_generator = torch.Generator().manual_seed(order_seed)
+    if checkpoint is None or not strategy.checkpointable:
+        return strategy, order_generator, None
+    saved = load_checkpoint(checkpoint, run_id=config.run_id, n_experiences=len(stream))
+    if saved is None:
+        return strategy, order_generator, None
+    try:
+        saved.restore(strategy, order_generator)
+    except Exception as err:  # the state does not fit this strategy: start over on untouched objects
+        warn_ignored(checkpoint, err)
+        return _fresh_strategy(config, stream, device), torch.Generator().manual_seed(order_seed), None
+    return strategy, order_generator, saved

@@ -14,6 +14,10 @@ The runner only ever calls, in order:
 Following scikit-learn, the constructor only stores hyperparameters (its signature, with type annotations and
 defaults, *is* the hyperparameter list that `clbench list` prints and `--set` checks); learned state is created in
 `setup` and named with a trailing underscore.
+
+Checkpoints (a long run resumed after a kill) store that learned state as tensors and plain values, never as pickled
+objects: `checkpoint_state()` encodes every trailing-underscore attribute and `load_checkpoint_state(state)` writes it
+back into a strategy freshly built and `setup` exactly as the run first did, in place (see those methods).
 """
 
 from __future__ import annotations
@@ -56,10 +60,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "iterations"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UsageError(f"lr must be positive, got {self.lr}")
+        import math  # local: this method is the only user
+
+        # NaN fails no `<` test, so each range says what a value must satisfy, finiteness included.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UsageError(f"lr must be positive and finite, got {self.lr}")
         if not 0 <= self.momentum < 1:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UsageError(f"weight-decay must be finite and >= 0, got {self.weight_decay}")
         if self.optimizer not in ("sgd", "adam"):
             raise UsageError(f"unknown optimizer {self.optimizer!r}; valid choices: adam, sgd")
 
@@ -133,6 +142,11 @@ class Strategy:
 
     name: ClassVar[str] = ""
     scenarios: ClassVar[frozenset[str]] = frozenset(SCENARIOS)
+    # False for a strategy whose state cannot be written as tensors and plain values (one wrapping a foreign
+    # object): its runs save no checkpoint and restart from the beginning after a kill.
+    checkpointable: ClassVar[bool] = True
+    # Learned attributes that `setup` rebuilds identically from the run's settings: not saved.
+    checkpoint_exclude: ClassVar[frozenset[str]] = frozenset({"spec_", "train_config_", "device_", "unit_mask_"})
 
     # -- hyperparameters -------------------------------------------------------------------------------------------
     @classmethod
@@ -219,6 +233,42 @@ class Strategy:
         """Bytes of learned state kept besides the model's own weights (buffers, importances, snapshots)."""
         return 0
 
+    # -- checkpoints -------------------------------------------------------------------------------------------------
+    def checkpoint_state(self) -> dict:
+        """The learned state as a nested structure of tensors and JSON values only: {attribute: encoded value} for
+        every trailing-underscore attribute not in `checkpoint_exclude`.
+
+        Tensors, nn.Modules (their state_dict and train/eval flags), optimizers (state_dict), torch.Generators
+        (state), TensorData, lists, tuples and dicts of these, and None/bool/int/float/str are encoded; anything
+        else raises NotCheckpointable (a strategy holding such state overrides this pair of methods, or sets
+        `checkpointable = False`). Attributes without the trailing underscore (hyperparameters, caches such as
+        `_cache`) are not saved.
+        """
+        return {
+            name: _encode(value, name)
+            for name, value in vars(self).items()
+            if name.endswith("_") and not name.startswith("_") and name not in self.checkpoint_exclude
+        }
+
+    def load_checkpoint_state(self, state: dict) -> None:
+        """Write `checkpoint_state()`'s output back, on a strategy freshly built and `setup` as the run first was.
+
+        In place wherever the fresh object already holds the value: tensors are copied into existing tensors of the
+        same shape and dtype, modules and optimizers get `load_state_dict`, generators `set_state`, lists and dicts
+        are refilled. So references a strategy keeps between its attributes (a dict of the model's Parameters, a
+        head module, an optimizer over its own tensors) stay valid. A tensor whose shape changed since `setup`
+        (a buffer that grew) is replaced; a model Parameter is never replaced (a mismatch raises ValueError).
+        A module or optimizer the fresh strategy does not have yet (one created in `after_experience`) cannot be
+        built from its state: such a strategy creates it first in its override, then calls this method.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"strategy state must be a dict of attributes, got {type(state).__name__}")
+        for name, saved in state.items():
+            if not (isinstance(name, str) and name.isidentifier() and name.endswith("_")
+                    and not name.startswith("_")) or name in self.checkpoint_exclude:
+                raise ValueError(f"{name!r} is not a learned attribute of {type(self).__name__}")
+            setattr(self, name, _restore(getattr(self, name, None), saved, name))
+
     # -- helpers shared by methods -----------------------------------------------------------------------------------
     def mask_logits(self, logits: torch.Tensor, task: torch.Tensor | int | None) -> torch.Tensor:
         """In task-IL, restrict each sample's logits to the units of its task (a multi-head model in one matrix)."""
@@ -226,6 +276,112 @@ class Strategy:
             return logits
         rows = self.unit_mask_[task] if isinstance(task, torch.Tensor) else self.unit_mask_[task].expand_as(logits)
         return logits.masked_fill(~rows, MASKED_LOGIT)
+
+
+class NotCheckpointable(TypeError):
+    """A learned attribute holds something `checkpoint_state` cannot write as tensors and plain values."""
+
+
+# Tags of the encoded structure: every dict in it is one of these (plain dicts become "$dict" pairs, so that their
+# keys, which may be ints, never collide with a tag). Tensors stay tensors; the checkpoint writer stores them.
+_TUPLE, _DICT, _MODULE, _OPTIMIZER, _GENERATOR, _TENSORDATA = (
+    "$tuple", "$dict", "$module", "$optimizer", "$generator", "$tensordata")
+_SCALARS = (type(None), bool, int, float, str)
+
+
+def _encode(value, where: str):
+    if isinstance(value, torch.Tensor):
+        return value  # as it is: the writer stores its values (and whether it requires grad)
+    if isinstance(value, _SCALARS):
+        return value
+    if isinstance(value, TensorData):
+        return {_TENSORDATA: [value.x, value.y, value.task]}
+    if isinstance(value, nn.Module):
+        return {_MODULE: _encode(value.state_dict(), where), "training": [m.training for m in value.modules()]}
+    if isinstance(value, torch.optim.Optimizer):
+        return {_OPTIMIZER: _encode(value.state_dict(), where)}
+    if isinstance(value, torch.Generator):
+        return {_GENERATOR: value.get_state(), "device": str(value.device)}
+    if isinstance(value, list):
+        return [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return {_TUPLE: [_encode(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, dict):
+        if not all(isinstance(k, _SCALARS) for k in value):
+            raise NotCheckpointable(f"{where}: dict keys must be plain values")
+        return {_DICT: [[k, _encode(v, f"{where}[{k!r}]")] for k, v in value.items()]}
+    raise NotCheckpointable(f"{where} holds a {type(value).__name__}, which a checkpoint cannot store")
+
+
+def _restore(current, saved, where: str):
+    """The value `saved` (from `_encode`, read back) stands for, written into `current` where it fits."""
+    for kind, tag in ((nn.Module, _MODULE), (torch.optim.Optimizer, _OPTIMIZER), (torch.Generator, _GENERATOR)):
+        if isinstance(current, kind) and saved is not None and not (isinstance(saved, dict) and tag in saved):
+            raise ValueError(f"{where}: the saved value is not a {kind.__name__}")
+    if isinstance(saved, torch.Tensor):
+        if isinstance(current, torch.Tensor) and current.shape == saved.shape and current.dtype == saved.dtype:
+            with torch.no_grad():
+                current.copy_(saved)
+            return current
+        if isinstance(current, nn.Parameter):
+            raise ValueError(f"{where}: saved {tuple(saved.shape)} {saved.dtype} does not fit the parameter "
+                             f"{tuple(current.shape)} {current.dtype}")
+        return saved
+    if isinstance(saved, _SCALARS):
+        return current if type(current) is type(saved) and current == saved else saved
+    if isinstance(saved, list):
+        old = current if isinstance(current, list) else []
+        items = [_restore(old[i] if i < len(old) else None, s, f"{where}[{i}]") for i, s in enumerate(saved)]
+        if isinstance(current, list):
+            current[:] = items
+            return current
+        return items
+    if not isinstance(saved, dict) or len(saved) not in (1, 2):
+        raise ValueError(f"{where}: unexpected entry {type(saved).__name__}")
+    tag = next(iter(saved))
+    body = saved[tag]
+    if tag == _TUPLE and isinstance(body, list):
+        fits = isinstance(current, tuple) and len(current) == len(body)
+        old = current if fits else (None,) * len(body)
+        items = [_restore(c, s, f"{where}[{i}]") for i, (c, s) in enumerate(zip(old, body, strict=True))]
+        # an unchanged tuple stays the very object (and type: torch.Size) that setup made
+        return current if fits and all(a is b for a, b in zip(items, old, strict=True)) else tuple(items)
+    if tag == _DICT and isinstance(body, list):
+        if not all(isinstance(p, list) and len(p) == 2 and isinstance(p[0], _SCALARS) for p in body):
+            raise ValueError(f"{where}: malformed dict entry")
+        old = current if isinstance(current, dict) else {}
+        items = {k: _restore(old.get(k), v, f"{where}[{k!r}]") for k, v in body}
+        if isinstance(current, dict):
+            current.clear()
+            current.update(items)
+            return current
+        return items
+    if tag == _TENSORDATA and isinstance(body, list) and len(body) == 3:
+        parts = [_restore(None, t, where) for t in body]
+        if not all(isinstance(t, torch.Tensor) for t in parts):
+            raise ValueError(f"{where}: TensorData needs three tensors")
+        return TensorData(*parts)
+    if tag == _MODULE:
+        if not isinstance(current, nn.Module):
+            raise ValueError(f"{where}: the fresh strategy has no module here to load the saved weights into")
+        current.load_state_dict(_restore(None, body, where))
+        flags = saved.get("training")
+        modules = list(current.modules())
+        if not (isinstance(flags, list) and len(flags) == len(modules) and all(isinstance(f, bool) for f in flags)):
+            raise ValueError(f"{where}: train/eval flags do not match the module")
+        for module, flag in zip(modules, flags, strict=True):
+            module.training = flag
+        return current
+    if tag == _OPTIMIZER:
+        if not isinstance(current, torch.optim.Optimizer):
+            raise ValueError(f"{where}: the fresh strategy has no optimizer here to load the saved state into")
+        current.load_state_dict(_restore(None, body, where))
+        return current
+    if tag == _GENERATOR and isinstance(body, torch.Tensor) and isinstance(saved.get("device"), str):
+        generator = current if isinstance(current, torch.Generator) else torch.Generator(device=saved["device"])
+        generator.set_state(body)
+        return generator
+    raise ValueError(f"{where}: unknown entry {tag!r}")
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:

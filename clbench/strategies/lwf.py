@@ -68,13 +68,23 @@ class LwF(SGDStrategy):
         return self.alpha * kd
 
     def after_experience(self, exp):
-        self.teacher_ = copy.deepcopy(self.model_).eval().requires_grad_(False)
+        self.teacher_ = self._new_teacher()
         units = torch.tensor(exp.classes, device=self.device_)
         if self.spec_.scenario == "task":
             self.old_units_.append(units)
         else:
             seen = units if not self.old_units_ else torch.cat([self.old_units_[0], units])
             self.old_units_ = [torch.unique(seen)]
+
+    def _new_teacher(self) -> torch.nn.Module:
+        return copy.deepcopy(self.model_).eval().requires_grad_(False)
+
+    def load_checkpoint_state(self, state):
+        # The teacher is created after the first experience, so a freshly set-up LwF has none to load the saved
+        # weights into: give it one of the model's structure first.
+        if state.get("teacher_") is not None and self.teacher_ is None:
+            self.teacher_ = self._new_teacher()
+        super().load_checkpoint_state(state)
 
     def state_bytes(self):
         if self.teacher_ is None:
