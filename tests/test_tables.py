@@ -32,12 +32,13 @@ META = {"run_id": "r1", "benchmark": "digits", "scenario": "class", "strategy": 
 
 def test_schema_constants():
     assert RUNS_COLUMNS == ["run_id", "config_id", "benchmark", "scenario", "strategy", "seed", "stream_seed",
-                            "params", "train_config", "versions", "device", "started_at", "duration_s", "status",
-                            "error"]  # fmt: skip
+                            "params", "label", "strategy_ref", "train_config", "versions", "device", "started_at",
+                            "duration_s", "status", "error"]  # fmt: skip
     assert EVALS_COLUMNS == ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric",
                              "value", "n"]  # fmt: skip
-    assert SUMMARY_COLUMNS[:7] == ["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "seed"]
-    assert SUMMARY_COLUMNS[7:] == ["acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s",
+    assert SUMMARY_COLUMNS[:8] == ["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label",
+                                   "seed"]
+    assert SUMMARY_COLUMNS[8:] == ["acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s",
                                    "peak_rss_mb", "strategy_mem_mb"]  # fmt: skip
 
 

@@ -39,3 +39,21 @@ class InterruptOnce(EWC):
         if exp.index == self.interrupt_at:
             raise KeyboardInterrupt
         super().before_experience(exp)
+
+
+class SelfNamed(SGDStrategy):
+    """Naive SGD under a display name of its own, loaded by module path (not registered)."""
+
+    name = "self-named"
+
+    def __init__(self):
+        pass
+
+
+class ShadowsNaive(SGDStrategy):
+    """A user's class that calls itself like a built-in."""
+
+    name = "naive"
+
+    def __init__(self):
+        pass

@@ -6,6 +6,7 @@ their handling of missing (not evaluated) entries live in :mod:`clbench.metrics.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -31,6 +32,9 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "evals_from_matrices",
     "format_mean_sem",
+    "hyperparameter_label",
+    "label_from_json",
+    "labels_of",
     "leaderboard",
     "matrices_from_evals",
     "mean_sem_str",
@@ -38,13 +42,13 @@ __all__ = [
 ]
 
 RUNS_COLUMNS = [
-    "run_id", "config_id", "benchmark", "scenario", "strategy", "seed", "stream_seed", "params", "train_config",
-    "versions", "device", "started_at", "duration_s", "status", "error",
+    "run_id", "config_id", "benchmark", "scenario", "strategy", "seed", "stream_seed", "params", "label",
+    "strategy_ref", "train_config", "versions", "device", "started_at", "duration_s", "status", "error",
 ]  # fmt: skip
 EVALS_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric", "value", "n"]
 COSTS_COLUMNS = ["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"]
 SUMMARY_COLUMNS = [
-    "run_id", "config_id", "benchmark", "scenario", "strategy", "params", "seed",
+    "run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed",
     "acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb",
 ]  # fmt: skip
 
@@ -59,6 +63,33 @@ MATRIX_METRICS = {
 }
 LEADERBOARD_METRICS = [*MATRIX_METRICS, *COSTS_COLUMNS[1:]]
 LEADERBOARD_KEYS = ["benchmark", "scenario", "strategy", "params", "config_id"]
+
+
+def hyperparameter_label(params: dict, defaults: dict | None = None) -> str:
+    """The short label of a configuration's hyperparameters: "name=value ..." of those that differ from `defaults`
+    ("defaults" if none). Without `defaults` (a folder recorded before labels were journaled) every value is shown:
+    the label is rebuilt from the recorded JSON alone, never by importing the strategy it names."""
+    defaults = defaults or {}
+    missing = object()
+    changed = {k: v for k, v in params.items() if defaults.get(k, missing) != v}
+    return " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "defaults"
+
+
+def labels_of(runs_df: pd.DataFrame) -> pd.Series:
+    """The `label` column of a runs table; rows without one (older folders) get the label of their JSON params."""
+    recorded = runs_df["label"] if "label" in runs_df.columns else pd.Series(None, index=runs_df.index, dtype=object)
+    labels = [lab if isinstance(lab, str) and lab else label_from_json(text)
+              for lab, text in zip(recorded, runs_df["params"], strict=True)]
+    return pd.Series(labels, index=runs_df.index, dtype=object)
+
+
+def label_from_json(text) -> str:
+    """The label of params recorded as JSON text (every value; the text itself if it is not a JSON object)."""
+    try:
+        params = json.loads(text)
+    except (TypeError, ValueError):
+        return str(text)
+    return hyperparameter_label(params) if isinstance(params, dict) else str(text)
 
 
 def _require(df: pd.DataFrame, columns, name: str) -> None:
@@ -149,7 +180,9 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
         R, b = _matrices(groups[run.run_id], f"run {run.run_id!r}")
         records.append({"run_id": run.run_id, **{m: f(R, b) for m, f in MATRIX_METRICS.items()}})
     metrics = pd.DataFrame(records, columns=["run_id", *MATRIX_METRICS])
-    out = ok[["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "seed"]].merge(metrics, on="run_id")
+    ok = ok.assign(label=labels_of(ok))
+    out = ok[["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed"]].merge(
+        metrics, on="run_id")
     if costs_df is None:
         costs_df = pd.DataFrame(columns=COSTS_COLUMNS)
     _require(costs_df, COSTS_COLUMNS, "costs")
@@ -161,18 +194,23 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
 
 
 def leaderboard(summary_df: pd.DataFrame) -> pd.DataFrame:
-    """Seeds aggregated per (benchmark, scenario, strategy, params, config_id): ``n_seeds`` and, per metric,
+    """Seeds aggregated per (benchmark, scenario, strategy, params, config_id): ``label`` (the short hyperparameter
+    label, when the summary has one), ``n_seeds`` and, per metric,
     ``<m>_mean`` and ``<m>_sem`` (standard error of the mean, ddof=1, over the seeds where the metric is defined;
     NaN with a single seed). Sorted by benchmark, scenario, then acc_mean descending. The only wide table.
     """
     _require(summary_df, [*LEADERBOARD_KEYS, "seed", *LEADERBOARD_METRICS], "summary")
     grouped = summary_df.groupby(LEADERBOARD_KEYS, dropna=False, sort=False)
     out = grouped.size().rename("n_seeds").to_frame()
+    if "label" in summary_df.columns:  # one label per configuration: its params decide it
+        out["label"] = grouped["label"].first()
     for m in LEADERBOARD_METRICS:
         values = grouped[m]
         out[f"{m}_mean"] = values.mean().astype(float)
         out[f"{m}_sem"] = values.sem(ddof=1).astype(float)
     out = out.reset_index()
+    if "label" in out.columns:  # beside the params it abbreviates
+        out.insert(out.columns.get_loc("params") + 1, "label", out.pop("label"))
     out = out.sort_values(["benchmark", "scenario", "acc_mean"], ascending=[True, True, False], kind="stable")
     return out.reset_index(drop=True)
 

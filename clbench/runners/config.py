@@ -31,9 +31,28 @@ class RunConfig:
     eval_every: int = 1  # full rows of R every k training experiences (and at the last); see loop.evaluated
     backbone: str | None = None  # None: the benchmark's reference backbone
     class_order: str = "seeded"  # split benchmarks: "natural" keeps label order
+    # Where the strategy's class lives ("package.module:Class"; registry.strategy_ref), so that worker processes and
+    # Ray tasks import it from there; `strategy` is its display name. None: looked up from `strategy` now.
+    strategy_ref: str | None = None
+
+    def __post_init__(self):
+        if self.strategy_ref is None:
+            from clbench.strategies.registry import get_strategy, strategy_ref
+
+            object.__setattr__(self, "strategy_ref", strategy_ref(get_strategy(self.strategy)))
+
+    def strategy_class(self):
+        """The strategy's class, imported from `strategy_ref` (a run the user asked for, never a folder's text)."""
+        from clbench.strategies.registry import load_strategy
+
+        return load_strategy(self.strategy_ref)
 
     def canonical(self, *, with_seed: bool = True) -> dict:
         out = dataclasses.asdict(self)
+        # The class reference is identity only where it is not what the display name already says (a user's class
+        # that calls itself "ewc" must not share the built-in's run ids); run ids from before the field stay valid.
+        if not _ref_shadows_builtin(self.strategy, self.strategy_ref):
+            out.pop("strategy_ref")
         for name, default in LATER_DEFAULTS.get(self.strategy, {}).items():
             if out["params"].get(name) == default:
                 out["params"].pop(name)
@@ -64,6 +83,12 @@ class RunConfig:
     def config_id(self) -> str:
         """The same for every seed of one configuration: what the leaderboard averages over."""
         return _digest(self.canonical(with_seed=False))
+
+
+def _ref_shadows_builtin(name: str, ref: str) -> bool:
+    from clbench.strategies.registry import BUILTIN_MODULES
+
+    return name in BUILTIN_MODULES and ref.partition(":")[0] != BUILTIN_MODULES[name]
 
 
 def _digest(obj) -> str:

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from clbench.errors import UsageError, unknown_choice
+from clbench.metrics.tables import hyperparameter_label
 from clbench.strategies.base import Strategy
 
 ENTRY_POINT_GROUP = "clbench.strategies"
@@ -83,15 +86,63 @@ def get_strategy(name: str) -> type[Strategy]:
     raise unknown_choice("strategy", name, strategy_names() + ["package.module:Class", "avalanche:ClassName"])
 
 
+def strategy_ref(cls: type[Strategy]) -> str:
+    """A reference any process can resolve back to `cls` with :func:`load_strategy`: "package.module:Class" (or the
+    "avalanche:Class" name of a bridged Avalanche strategy). Worker processes and Ray tasks import the class from it,
+    so a strategy registered in the user's own module runs wherever it runs in the driver."""
+    name = cls.__dict__.get("name", "")
+    if name.startswith(AVALANCHE_PREFIX):
+        return name
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def import_root(ref: str) -> str | None:
+    """The sys.path folder the module of `ref` was imported from here (None for clbench's own and installed
+    modules' that every worker finds anyway, and for refs that are not module paths). Workers that do not share the
+    driver's sys.path (Ray tasks) add it before loading the class."""
+    module_name = ref.partition(":")[0]
+    module = sys.modules.get(module_name)
+    file = getattr(module, "__file__", None)
+    if ref.startswith(AVALANCHE_PREFIX) or ":" not in ref or not file or module_name.startswith("clbench."):
+        return None
+    root = Path(file).resolve().parent
+    for _ in range(module_name.count(".") + (Path(file).name == "__init__.py")):
+        root = root.parent
+    return str(root)
+
+
+def load_strategy(ref: str) -> type[Strategy]:
+    """The class a :func:`strategy_ref` names (importing its module: only for runs the user asked for, never for
+    reading a results folder)."""
+    if ref.startswith(AVALANCHE_PREFIX) or ":" not in ref:
+        return get_strategy(ref)
+    module_name, _, qualname = ref.partition(":")
+    try:
+        cls = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+    except (ImportError, AttributeError) as err:
+        raise UsageError(f"cannot load strategy {ref!r}: {err}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise UsageError(f"strategy {ref!r} is not a clbench.strategies.Strategy subclass")
+    if not cls.__dict__.get("name"):  # as get_strategy names a class loaded by module path
+        cls.name = ref
+    return cls
+
+
 def describe_params(name: str, params: dict) -> str:
     """The hyperparameters that differ from the strategy's defaults as "name=value ..." ("defaults" if none), for
-    labels and printouts; tables keep every value."""
+    labels and printouts of runs about to be made (it imports the strategy); tables keep every value, and commands
+    that read a results folder take the label recorded in its journal instead."""
     try:
-        defaults = {n: h.default for n, h in get_strategy(name).hyperparameters().items()}
+        cls = get_strategy(name)
     except UsageError:  # a strategy from a module that is not importable here: show everything
-        defaults = {}
-    changed = {k: v for k, v in params.items() if defaults.get(k, object()) != v}
-    return " ".join(f"{k}={v}" for k, v in sorted(changed.items())) or "defaults"
+        return hyperparameter_label(params)
+    return params_label(cls, params)
+
+
+def params_label(cls: type[Strategy], params: dict) -> str:
+    return hyperparameter_label(params, {n: h.default for n, h in cls.hyperparameters().items()})
 
 
 def make_strategy(name: str, params: dict | None = None) -> Strategy:
