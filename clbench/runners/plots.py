@@ -1,15 +1,13 @@
 """PNG plots of results: per-run accuracy matrix and curves, and the leaderboard.
 
 Figures are built with ``matplotlib.figure.Figure`` on the Agg canvas (never pyplot), so no screen is needed, no
-global backend is switched and no figure stays registered; each PNG is written atomically (temp file + os.replace).
+global backend is switched and no figure stays registered; each PNG is written atomically (temp file + os.replace)
+by store.write_atomic, the tables' writer.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -19,8 +17,9 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from clbench.metrics import tables
 from clbench.metrics.tables import matrices_from_evals
-from clbench.strategies.registry import describe_params
+from clbench.runners.store import write_atomic
 
 __all__ = ["plot_accuracy_curves", "plot_accuracy_matrix", "plot_leaderboard", "plot_output_dir", "save_png"]
 
@@ -41,15 +40,8 @@ def save_png(fig: Figure, path):
             fig.clear()
         return path
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    try:  # the tables' writer: same temp files, mode, stale-temp cleanup and full-disk error
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     finally:
         fig.clear()
     return path
@@ -120,9 +112,8 @@ def plot_leaderboard(leaderboard_df: pd.DataFrame, path, metric: str = "acc") ->
     for key, g in leaderboard_df.groupby(["benchmark", "scenario"], sort=True):
         g = g.sort_values(mean, ascending=True, na_position="first")
         repeated = g["strategy"].duplicated(keep=False)
-        params = g["params"].astype(str) if "params" in g.columns else pd.Series("", index=g.index)
-        rows = zip(g["strategy"], params, repeated, strict=True)
-        labels = [f"{s} ({_changed(s, p)})" if r else s for s, p, r in rows]
+        rows = zip(g["strategy"], g.to_dict("records"), repeated, strict=True)
+        labels = [f"{s} ({_changed(row)})" if r else s for s, row, r in rows]
         if "n_seeds" in g.columns:
             labels = [f"{label} (n={n})" for label, n in zip(labels, g["n_seeds"], strict=True)]
         # Long hyperparameter lists are wrapped, so that the labels never squeeze the bars away.
@@ -162,9 +153,10 @@ def plot_output_dir(
     return written
 
 
-def _changed(strategy: str, params_text: str) -> str:
-    """Label text for a strategy shown with several configurations: the hyperparameters it changed."""
-    try:
-        return describe_params(strategy, json.loads(params_text))
-    except (ValueError, TypeError, AttributeError):  # not a JSON object: show the text as it is
-        return params_text[:30]
+def _changed(row) -> str:
+    """Label text for a strategy shown with several configurations: the hyperparameter label recorded with its runs
+    (tables.labels_of), never one computed by importing the strategy a folder names."""
+    label = row.get("label") if hasattr(row, "get") else getattr(row, "label", None)
+    if isinstance(label, str) and label:
+        return label
+    return tables.label_from_json(row.get("params") if hasattr(row, "get") else getattr(row, "params", ""))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 import clbench
-from clbench.errors import UsageError
+from clbench.errors import DiskFullError, UsageError
 from clbench.metrics import tables
 from clbench.runners.plots import _changed, _figure, plot_accuracy_matrix, plot_leaderboard, save_png
 from clbench.runners.store import ResultStore, write_atomic
@@ -56,6 +56,8 @@ def _read(store: ResultStore) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
     """(runs, summary, evals) of the folder, with any unreadable table reported as bad input."""
     try:
         return store.runs(), store.summary(), store.evals()
+    except UsageError:  # already one message naming the file (a damaged journal, with its line)
+        raise
     except (ValueError, KeyError, pd.errors.UndefinedVariableError) as err:  # pandas parse errors are ValueErrors
         raise UsageError(f"{str(store.root)!r} does not hold readable clbench tables ({err}); pass a folder written "
                          "by `clbench run --out`") from None
@@ -81,7 +83,7 @@ def _labels(board: pd.DataFrame) -> dict[str, str]:
     scenario (they differ only in training settings such as the learning rate) get their config id appended."""
     labels = {}
     for row in board.itertuples(index=False):
-        changed = _changed(row.strategy, str(row.params))
+        changed = _changed(row)
         labels[row.config_id] = row.strategy if changed == "defaults" else f"{row.strategy} ({changed})"
     alike = Counter((row.benchmark, row.scenario, labels[row.config_id]) for row in board.itertuples(index=False))
     for row in board.itertuples(index=False):
@@ -143,7 +145,7 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
     )
     rows = []
     for k, row in board.iterrows():
-        texts = [row["benchmark"], row["scenario"], row["strategy"], _changed(row["strategy"], str(row["params"]))]
+        texts = [row["benchmark"], row["scenario"], row["strategy"], _changed(row)]
         cells = [f"<td>{html.escape(str(text))}</td>" for text in texts]
         cells.append(f'<td data-value="{row["n_seeds"]}">{row["n_seeds"]}</td>')
         for m in metrics:
@@ -312,6 +314,8 @@ def write_report(store: ResultStore, output) -> Path:
     page = build_report(store)
     try:
         write_atomic(output, lambda tmp: Path(tmp).write_text(page, encoding="utf-8"))
+    except DiskFullError:  # not bad input: the CLI reports it as such, with exit code 1
+        raise
     except OSError as err:
         raise UsageError(f"cannot write {str(output)!r}: {err.strerror or err}") from None
     return output

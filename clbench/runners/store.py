@@ -3,7 +3,9 @@
     runs.jsonl    the journal: one line per finished run (its runs row, eval rows and cost rows), appended in one
                   write and fsync'ed. A run exists once its line is complete; a line cut short by a crash (kill -9
                   included) is ignored and trimmed before the next append, so nothing is lost but the run in flight
-                  and nothing is ever duplicated or half-read.
+                  and nothing is ever duplicated or half-read. Any other bad line (not JSON, not an entry's shape)
+                  stops every command that reads the folder with one message naming the line, before anything is
+                  written.
     runs.csv      one row per run
     evals.csv     long: one row per (run, step, evaluated experience, metric)
     costs.csv     long: one row per (run, step): train/eval seconds, peak RSS, strategy memory, mean train loss
@@ -19,18 +21,22 @@ only) is read from its tables, and they are carried into a journal at its next a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
-from clbench.errors import UsageError
+from clbench.errors import DISK_FULL_ERRNOS, DiskFullError, UsageError
 from clbench.metrics import tables
 from clbench.runners.config import to_json
 from clbench.runners.loop import RunResult
+from clbench.strategies.registry import params_label
 
 STEP_COSTS_COLUMNS = [
     "run_id", "benchmark", "scenario", "strategy", "seed", "step",
@@ -38,30 +44,105 @@ STEP_COSTS_COLUMNS = [
 ]  # fmt: skip
 
 
-def check_writable(path: Path) -> None:
-    """Fail before any work if `path` (or the nearest existing folder above it) cannot be written."""
+def check_writable(path: Path, *, file: bool = False, flag: str = "--out") -> None:
+    """Fail before any work unless `path` can be written: a folder (by default) or, with file=True, a file written
+    through a temporary sibling (write_atomic). The nearest existing folder above it must be writable, and every name
+    still to be created must fit the file system: mkdir and mkstemp would otherwise fail midway with ENAMETOOLONG,
+    after creating the folders above. `flag` names the option in the messages.
+
+    os.path's tests are used, not pathlib's: they answer False for a name the OS refuses to look up."""
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"output path {str(path)!r} exists and is not a folder; choose a folder for --out")
-    probe = path
-    while not probe.exists():
+    if file and os.path.isdir(path):
+        raise UsageError(f"{flag} {str(path)!r} is a folder; give a file name")
+    if not file and os.path.lexists(path) and not os.path.isdir(path):
+        raise UsageError(f"output path {str(path)!r} exists and is not a folder; choose a folder for {flag}")
+    # a file is replaced through its folder, which is what must exist (or be creatable) and be writable
+    probe, missing = (path.parent if file and os.path.lexists(path) else path), []
+    while not os.path.lexists(probe) and probe.parent != probe:  # "." itself may be gone: stop there
+        missing.append(probe.name)
         probe = probe.parent
+    if not os.path.isdir(probe):
+        raise UsageError(f"{flag} {str(path)!r} cannot be created: {str(probe)!r} is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"output folder {str(path)!r} is not writable (no write permission on {str(probe)!r})")
+    try:
+        name_max = os.pathconf(probe, "PC_NAME_MAX")
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows) or no answer for this file system
+        name_max = -1
+    name_max = name_max if name_max > 0 else 255
+    # write_atomic's temporary ".<name>.XXXXXXXX.tmp" beside a file is 14 bytes longer than the file's own name.
+    folders = missing[1:] if file and missing else missing
+    needs = [(name, len(os.fsencode(name)), "") for name in reversed(folders)]
+    if file:
+        needs.append((path.name, len(os.fsencode(path.name)) + 14, " with its temporary copy's 14 more"))
+    for name, size, note in needs:
+        if size > name_max:
+            shown = name if len(name) <= 40 else f"{name[:20]}...{name[-12:]}"
+            raise UsageError(f"{flag} {str(path)!r}: the name {shown!r} is {size} bytes long{note}; the file system "
+                             f"under {str(probe)!r} allows at most {name_max} per name")
 
 
 def write_atomic(path: Path, write) -> None:
-    """Call write(tmp_path) then move the result into place in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    """Call write(tmp_path) then move the result into place in one step.
+
+    Every file of an output folder but the journal's appends goes through here (tables, report, plots), so all share
+    one mode (0666 & ~umask, what a plain open() gives: results are meant to be shared; mkstemp alone gives 0600),
+    one temp-file name (``.<name>.XXXXXXXX.tmp``, cleaned up by :func:`remove_stale_temps`) and one way of reporting
+    a full disk (:class:`DiskFullError` naming ``path``).
+    """
+    path = Path(path)
+    with _naming_full_disk(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _naming_full_disk(path: Path):
+    """Turn an OSError of a full disk (or quota) inside the block into DiskFullError(path); others pass as they are."""
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; tables and reports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except DiskFullError:
         raise
+    except OSError as err:
+        if err.errno in DISK_FULL_ERRNOS:
+            raise DiskFullError(path, err.errno) from err
+        raise
+
+
+#: A temp file of write_atomic older than this belongs to a writer that died (see remove_stale_temps).
+STALE_TEMP_AGE_S = 600.0
+# mkstemp's names: ".<name>.<8 random chars>.tmp", <name> one of the kinds of file clbench writes into a folder.
+_TEMP_NAME = re.compile(r"\..+\.(?:csv|png|html|jsonl)\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temps(folder: Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """Delete the temp files that writers killed mid-write (kill -9, power loss) left in ``folder``; return them.
+
+    The rule is age, not pid: a temp file untouched for ``max_age_s`` (10 minutes). A live writer touches its temp
+    file from creation to rename, which takes well under a second for any file clbench writes, so only a dead writer
+    leaves one that old; and unlike a pid, age means the same to every machine or container sharing the folder.
+    Only names of the shape write_atomic makes are touched; anything that cannot be read or removed is left alone.
+    """
+    removed = []
+    cutoff = time.time() - max_age_s
+    with contextlib.suppress(OSError), os.scandir(folder) as found:
+        for entry in found:
+            if not _TEMP_NAME.fullmatch(entry.name):
+                continue
+            with contextlib.suppress(OSError):  # gone meanwhile (another cleaner), or not ours to remove
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    removed.append(Path(entry.path))
+    return removed
 
 
 def _umask() -> int:
@@ -77,7 +158,8 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
 def read_csv(path: Path, columns: list[str]) -> pd.DataFrame:
     if not Path(path).exists():
         return pd.DataFrame(columns=columns)
-    return pd.read_csv(path, keep_default_na=False, na_values=[""])
+    # ids are hex digests: read as text even when one happens to be all digits
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"run_id": str, "config_id": str})
 
 
 class ResultStore:
@@ -108,9 +190,7 @@ class ResultStore:
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         if source == self.journal_path:
-            data = source.read_bytes()
-            complete = data[: data.rfind(b"\n") + 1]  # a torn last line (crash mid-append) is not a run
-            found = [json.loads(line) for line in complete.splitlines() if line.strip()]
+            found = read_journal(source)
         else:
             found = self._entries_from_tables()
         entries = {e["run"]["run_id"]: e for e in found}  # a rerun of a failed run replaces it
@@ -127,16 +207,26 @@ class ResultStore:
             text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in self.entries().values())
             write_atomic(self.journal_path, lambda tmp: Path(tmp).write_text(text))
         line = (json.dumps(entry, separators=(",", ":"), allow_nan=True) + "\n").encode()
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            _trim_torn_tail(fd)
-            view = memoryview(line)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        with _naming_full_disk(self.journal_path):
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.journal_path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                _trim_torn_tail(fd)
+                before = os.fstat(fd).st_size
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                except BaseException:
+                    # Not recorded unless it all reached the disk: a full disk can fail the fsync after a complete
+                    # line was written, which would then read as a run. A failed cut leaves at worst a torn tail.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, before)
+                        os.fsync(fd)
+                    raise
+            finally:
+                os.close(fd)
 
     def _entries_from_tables(self) -> list[dict]:
         try:
@@ -160,19 +250,20 @@ class ResultStore:
         return entries
 
     # tables ----------------------------------------------------------------------------------------------------
+    # Every table comes out in canonical row order (see canonical_order), whatever order the runs finished in.
     def runs(self) -> pd.DataFrame:
         rows = [e["run"] for e in self.entries().values()]
-        return pd.DataFrame(rows, columns=tables.RUNS_COLUMNS)
+        return canonical_order(pd.DataFrame(rows, columns=tables.RUNS_COLUMNS), RUN_ORDER)
 
-    def _long(self, key: str, columns: list[str]) -> pd.DataFrame:
+    def _long(self, key: str, columns: list[str], order: list[str]) -> pd.DataFrame:
         rows = [r for e in self.entries().values() if e["run"]["status"] == "ok" for r in e[key]]
-        return pd.DataFrame(rows, columns=columns)
+        return canonical_order(pd.DataFrame(rows, columns=columns), order)
 
     def evals(self) -> pd.DataFrame:
-        return self._long("evals", tables.EVALS_COLUMNS)
+        return self._long("evals", tables.EVALS_COLUMNS, EVAL_ORDER)
 
     def costs(self) -> pd.DataFrame:
-        return self._long("costs", STEP_COSTS_COLUMNS)
+        return self._long("costs", STEP_COSTS_COLUMNS, COST_ORDER)
 
     def finished_run_ids(self) -> set[str]:
         return {run_id for run_id, e in self.entries().items() if e["run"]["status"] == "ok"}
@@ -182,7 +273,7 @@ class ResultStore:
         return _run_costs(self.costs())
 
     def summary(self) -> pd.DataFrame:
-        return tables.summarize(self.evals(), self.runs(), self.run_costs())
+        return canonical_order(tables.summarize(self.evals(), self.runs(), self.run_costs()), RUN_ORDER)
 
     def published(self) -> pd.DataFrame:
         from clbench.presets import PUBLISHED_COLUMNS
@@ -207,7 +298,8 @@ class ResultStore:
     def write_derived(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rewrite every table from the journal (runs.csv last); return the summary and the leaderboard."""
         evals, costs, runs = self.evals(), self.costs(), self.runs()
-        summary = tables.summarize(evals, runs, _run_costs(costs))
+        # sorted before the leaderboard aggregates it, so that each configuration's seeds are summed in one order
+        summary = canonical_order(tables.summarize(evals, runs, _run_costs(costs)), RUN_ORDER)
         board = self.leaderboard(summary)
         write_csv(evals, self._path("evals"))
         write_csv(costs, self._path("costs"))
@@ -215,6 +307,31 @@ class ResultStore:
         write_csv(board, self._path("leaderboard"))
         write_csv(runs, self._path("runs"))
         return summary, board
+
+
+# Canonical row orders: a run by what it is (then its seed), a long row by its run and position in the run.
+RUN_ORDER = ["benchmark", "scenario", "strategy", "config_id", "seed", "run_id"]
+EVAL_ORDER = ["run_id", "step", "eval_exp", "metric"]
+COST_ORDER = ["run_id", "step"]
+
+
+def canonical_order(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """``df`` sorted by ``keys`` (those it has), with a fresh index.
+
+    Runs finish in any order (workers, Ray, reruns), and pandas sums a group in row order, so without this the
+    tables' row order and the last bit of a mean or SEM would depend on the number of workers.
+    """
+    keys = [k for k in keys if k in df.columns]
+    if df.empty or not keys:
+        return df.reset_index(drop=True)
+    return df.sort_values(keys, kind="stable", na_position="last").reset_index(drop=True)
+
+
+def merge_summaries(summaries: list[pd.DataFrame]) -> pd.DataFrame:
+    """The summaries of several folders as one: a run found in several folders once (the first folder's), in
+    canonical order, so a merged leaderboard does not depend on the order its folders' runs finished in."""
+    merged = pd.concat(summaries, ignore_index=True).drop_duplicates("run_id")
+    return canonical_order(merged, RUN_ORDER)
 
 
 def _run_costs(costs: pd.DataFrame) -> pd.DataFrame:
@@ -238,6 +355,9 @@ def journal_entry(result: RunResult, *, versions: dict, device: str) -> dict:
         "config_id": cfg.config_id,
         "stream_seed": cfg.stream_seed,
         "params": to_json(cfg.canonical()["params"]),  # as hashed: later-added defaults left out (config.py)
+        # What readers show, recorded now (the class is loaded): reading a folder never imports a strategy.
+        "label": params_label(cfg.strategy_class(), cfg.params),
+        "strategy_ref": cfg.strategy_ref,
         "train_config": to_json(cfg.settings()),
         "versions": to_json(versions),
         "device": device,
@@ -273,6 +393,98 @@ def _trim_torn_tail(fd: int) -> None:
             os.ftruncate(fd, 0)
             return
         block = min(size, block * 2)
+
+
+# reading the journal ------------------------------------------------------------------------------------------------
+# A results folder is untrusted input: every complete line of the journal must be one well-formed entry, else the
+# command stops with one message naming the line (nothing is skipped, nothing written). Only a last line without its
+# newline is passed over: that is an append cut short by a crash, and the next append trims it.
+
+
+class _Damaged(Exception):
+    """What is wrong with one journal line."""
+
+
+_TEXT, _INT, _NUMBER = ((str,), "a string"), ((int,), "an integer"), ((int, float), "a number")
+#: The fields that the tables are derived from, and their JSON types; an entry may hold more.
+RUN_FIELDS = {"run_id": _TEXT, "status": _TEXT, "config_id": _TEXT, "benchmark": _TEXT, "scenario": _TEXT,
+              "strategy": _TEXT, "params": _TEXT, "seed": _INT}
+EVAL_FIELDS = {"run_id": _TEXT, "step": _INT, "eval_exp": _INT, "metric": _TEXT, "value": _NUMBER}
+COST_FIELDS = {"run_id": _TEXT, "step": _INT, "train_s": _NUMBER, "eval_s": _NUMBER, "peak_rss_mb": _NUMBER,
+               "strategy_mem_mb": _NUMBER}
+
+
+def read_journal(path: Path) -> list[dict]:
+    """The entries of the journal's complete lines, in file order; UsageError naming the first damaged line."""
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]  # a torn last line (crash mid-append) is not a run
+    entries = []
+    for number, line in enumerate(complete.split(b"\n")[:-1], start=1):
+        try:
+            entries.append(_parse_entry(line))
+        except _Damaged as err:
+            raise UsageError(f"damaged journal {str(path)!r}, line {number}: {err}; nothing was changed: repair or "
+                             "delete that line (a deleted run is run again)") from None
+    return entries
+
+
+def _parse_entry(line: bytes) -> dict:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _Damaged(f"not UTF-8 text (byte 0x{line[err.start]:02x} at byte {err.start + 1})") from None
+    if not text.strip():
+        raise _Damaged("empty line (each line is one run)")
+    try:
+        entry = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise _Damaged(f"not valid JSON ({err.msg} at column {err.colno})") from None
+    _check_entry(entry)
+    return entry
+
+
+def _check_entry(entry) -> None:
+    """Raise _Damaged unless ``entry`` has the shape journal_entry writes: {"run": {...}, "evals": [...], "costs":
+    [...]}, with the fields the tables need, of the right types, and rows that belong to the entry's run."""
+    if not isinstance(entry, dict):
+        raise _Damaged(f"expected a JSON object, got {_json_kind(entry)}")
+    missing = [key for key in ("run", "evals", "costs") if key not in entry]
+    if missing:
+        raise _Damaged(f"the entry lacks {', '.join(map(json.dumps, missing))}")
+    _check_fields(entry["run"], RUN_FIELDS, '"run"')
+    run_id = entry["run"]["run_id"]
+    if not run_id:
+        raise _Damaged('"run"."run_id" is empty')
+    for key, fields in (("evals", EVAL_FIELDS), ("costs", COST_FIELDS)):
+        rows = entry[key]
+        if not isinstance(rows, list):
+            raise _Damaged(f'"{key}" must be a list, got {_json_kind(rows)}')
+        for i, row in enumerate(rows):
+            where = f'"{key}"[{i}]'
+            _check_fields(row, fields, where)
+            if row["run_id"] != run_id:
+                raise _Damaged(f'{where} belongs to run {json.dumps(row["run_id"])}, not to this line\'s run '
+                               f"{json.dumps(run_id)}")
+
+
+def _check_fields(obj, fields: dict, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise _Damaged(f"{where} must be an object, got {_json_kind(obj)}")
+    for name, (types, kind) in fields.items():
+        if name not in obj:
+            raise _Damaged(f'{where} lacks "{name}"')
+        if type(obj[name]) not in types:  # exact types: JSON true/false are not numbers here
+            raise _Damaged(f'{where}."{name}" must be {kind}, got {_json_kind(obj[name])}')
+
+
+def _json_kind(value) -> str:
+    """A JSON value's type and (the start of) its text, for messages: 'a string ("zero")'."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "null"}
+    text = json.dumps(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return kinds.get(type(value), type(value).__name__) + ("" if value is None else f" ({text})")
 
 
 def _plain(row: dict) -> dict:
