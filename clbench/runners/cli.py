@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
-import json
 import os
 import platform
 import sys
@@ -27,10 +26,11 @@ from clbench.errors import UsageError, unknown_choice
 from clbench.metrics import tables
 from clbench.strategies import TrainConfig, get_strategy, strategy_names
 from clbench.strategies.base import Strategy
-from clbench.strategies.registry import describe_params
+from clbench.strategies.registry import describe_params, params_label, strategy_ref
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
+EXIT_DISK_FULL = 1  # like a failed run: the input was fine, the machine was not
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -41,6 +41,27 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own errors: same shape and exit code as ours
         self.print_usage(sys.stderr)
         raise UsageError(message)
+
+
+def _output_path(text: str) -> Path:
+    """A path to write. An empty one (an unset shell variable) is refused: Path("") is the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty; give a file or folder name")
+    return Path(text)
+
+
+def _input_path(text: str) -> Path:
+    """A folder to read. One the OS refuses to look up (a name longer than the file system allows, no search
+    permission on a folder above) is refused here: pathlib's is_file() raises on it instead of answering False."""
+    if not text:
+        raise argparse.ArgumentTypeError("the path is empty; give a folder written by clbench run or sweep")
+    try:
+        os.stat(text)
+    except (FileNotFoundError, NotADirectoryError):
+        pass  # the command says it is not an output folder
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot look up {text!r}: {err.strerror or err}") from None
+    return Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,21 +102,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     run.add_argument("--data-root", default=None, help="dataset folder (default: $CLBENCH_DATA or a user cache)")
     run.add_argument("--download", action="store_true", help="download missing datasets through torchvision")
-    run.add_argument("--out", required=True, type=Path, help="output folder; existing tables are extended")
+    run.add_argument("--out", required=True, type=_output_path, help="output folder; existing tables are extended")
     run.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     board = sub.add_parser("leaderboard", help="merge output folders into one leaderboard CSV")
-    board.add_argument("dirs", nargs="+", type=Path, metavar="DIR")
-    board.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    board.add_argument("dirs", nargs="+", type=_input_path, metavar="DIR")
+    board.add_argument("-o", "--output", type=_output_path, required=True, metavar="FILE")
 
     plot = sub.add_parser("plot", help="(re)draw the plots of an output folder into DIR/plots")
-    plot.add_argument("dir", type=Path, metavar="DIR")
+    plot.add_argument("dir", type=_input_path, metavar="DIR")
 
     report = sub.add_parser("report", help="one self-contained HTML page of an output folder: sortable leaderboard, "
                                            "accuracy matrices and curves, costs")
-    report.add_argument("dir", type=Path, metavar="DIR")
-    report.add_argument("-o", "--output", type=Path, default=None, metavar="FILE",
+    report.add_argument("dir", type=_input_path, metavar="DIR")
+    report.add_argument("-o", "--output", type=_output_path, default=None, metavar="FILE",
                         help="the HTML file to write (default: DIR/report.html)")
 
     sweep = sub.add_parser("sweep", help="run the product of a sweep file (TOML) or a paper preset; a rerun skips "
@@ -107,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--benchmark-map", nargs="+", action="append", default=[], metavar="FROM=TO",
                        help="run another benchmark in place of one (e.g. split-mnist=split-fmnist); published "
                             "numbers are then shown but not judged")
-    sweep.add_argument("--out", type=Path, help="output folder (required unless --dry-run)")
+    sweep.add_argument("--out", type=_output_path, help="output folder (required unless --dry-run)")
     sweep.add_argument("--executor", default="local", help="local or ray (default: local)")
     sweep.add_argument("--workers", type=int, default=1, help="parallel runs (local processes or Ray CPUs)")
     sweep.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
@@ -175,14 +196,20 @@ def _resolve_run(args):
     """Check every input and build the run configs and streams; raises UsageError before anything is written."""
     from clbench.runners.config import RunConfig
     from clbench.runners.store import check_writable
+    from clbench.runners.sweep import check_device, check_finite_params, check_seeds, resolve_strategy
 
     benchmarks = [benchmark_info(name) for name in args.benchmark]
     for scenario in args.scenario:
         if scenario not in SCENARIOS:
             raise unknown_choice("scenario", scenario, SCENARIOS)
-    classes = list({cls.name: cls for cls in map(get_strategy, args.strategy)}.values())
+    classes = list({cls.name: cls for cls in map(resolve_strategy, args.strategy)}.values())
     raw_params = parse_set_items(args.set, classes)
     params = {cls.name: cls.from_params(raw_params[cls.name]).get_params() for cls in classes}
+    for cls in classes:
+        check_finite_params(cls.name, params[cls.name])
+    check_seeds(args.seeds, "--seeds")
+    if args.stream_seed < 0:
+        raise UsageError(f"--stream-seed must be >= 0, got {args.stream_seed}")
     train = TrainConfig(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                         momentum=args.momentum, weight_decay=args.weight_decay, optimizer=args.optimizer,
                         eval_batch_size=args.eval_batch_size)
@@ -191,10 +218,7 @@ def _resolve_run(args):
             checker.check_scenario(scenario)
     for cls in classes:
         cls.check_train(train)
-    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
-        raise unknown_choice("device", args.device, ["cpu", "cuda"])
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {args.device!r} requested but CUDA is not available; valid choices here: cpu")
+    check_device(args.device)
     for flag in ("train_subset", "test_subset", "n_experiences", "threads", "eval_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -211,7 +235,8 @@ def _resolve_run(args):
                 class_order=args.class_order,
             )
     configs = [
-        RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, params=params[cls.name], seed=seed,
+        RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
+                  params=params[cls.name], seed=seed,
                   stream_seed=args.stream_seed, n_experiences=args.n_experiences, train_subset=args.train_subset,
                   test_subset=args.test_subset, train=train, eval_every=args.eval_every, backbone=args.backbone,
                   class_order=args.class_order)
@@ -225,8 +250,9 @@ def format_leaderboard(board: pd.DataFrame) -> str:
     if board.empty:
         return "(no finished runs)"
     view = tables.format_mean_sem(board, metrics=["acc", "bwt", "forgetting", "fwt", "la", "train_s"])
-    pairs = zip(board["strategy"], board["params"], strict=True)
-    view["params"] = [describe_params(strategy, json.loads(params)) for strategy, params in pairs]
+    # The label recorded with the runs (tables.labels_of): printing a folder's leaderboard never imports a strategy.
+    if "label" in board.columns:
+        view["params"] = board["label"]
     if "published" in board.columns and board["published"].notna().any():
         view["published"] = [f"{v:.3f}" if v == v else "" for v in board["published"]]
         view["diff"] = [f"{v:+.3f}" if v == v else "" for v in board["diff"]]
@@ -300,15 +326,16 @@ def _existing_store(path: Path):
 
 
 def cmd_leaderboard(args) -> int:
-    from clbench.runners.store import check_writable, write_csv
+    from clbench.runners.store import check_writable, merge_summaries, write_csv
 
     stores = [_existing_store(d) for d in args.dirs]
-    check_writable(args.output.parent)
-    if args.output.is_dir():
+    if os.path.isdir(args.output):
         raise UsageError(f"output {str(args.output)!r} is a folder; give a file name such as leaderboard.csv")
+    check_writable(args.output, file=True, flag="-o")
+    _check_not_an_input(args.output, args.dirs)
     from clbench.presets import compare
 
-    summary = pd.concat([s.summary() for s in stores], ignore_index=True).drop_duplicates("run_id")
+    summary = merge_summaries([s.summary() for s in stores])  # each run once, in canonical row order
     published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
     board = compare(tables.leaderboard(summary), published)
     write_csv(board, args.output)
@@ -326,10 +353,29 @@ def cmd_plot(args) -> int:
 
 def cmd_report(args) -> int:
     from clbench.runners.report import write_report
+    from clbench.runners.store import check_writable
 
     store = _existing_store(args.dir)
-    print(write_report(store, args.output or args.dir / "report.html"))
+    output = args.output or args.dir / "report.html"
+    if os.path.isdir(output):
+        raise UsageError(f"output {str(output)!r} is a folder; give a file name such as report.html")
+    check_writable(output, file=True, flag="-o")
+    _check_not_an_input(output, [args.dir])
+    print(write_report(store, output))
     return 0
+
+
+# What an output folder is read from: a leaderboard or report written over one of them would lose runs.
+INPUT_FILES = ("runs.jsonl", "runs.csv", "evals.csv", "costs.csv", "summary.csv", "published.csv")
+
+
+def _check_not_an_input(output: Path, dirs) -> None:
+    target = os.path.realpath(output)
+    for folder in dirs:
+        for name in INPUT_FILES:
+            if target == os.path.realpath(Path(folder) / name):
+                raise UsageError(f"-o {str(output)!r} is the {name} that {str(folder)!r} is read from; give another "
+                                 "file name")
 
 
 def _pairs(groups: list[list[str]], flag: str) -> dict[str, str]:
@@ -345,13 +391,18 @@ def _pairs(groups: list[list[str]], flag: str) -> dict[str, str]:
 def _sweep_spec(args):
     """The sweep's spec (a file's or a preset's) with the command line's replacements; and the preset, if any."""
     from clbench.presets import PREFIX, get_preset
-    from clbench.runners.sweep import read_sweep_file
+    from clbench.runners.sweep import SETTINGS, check_seeds, read_sweep_file
 
     preset = get_preset(args.file) if args.file.startswith(PREFIX) else None
     spec = copy.deepcopy(preset.sweep) if preset else read_sweep_file(Path(args.file))
     if args.seeds is not None:
+        check_seeds(args.seeds, "--seeds")
         spec["seeds"] = args.seeds
-    overrides = {key: _literal(text) for key, text in _pairs(args.setting, "--setting").items()}
+    overrides = {}
+    for key, text in _pairs(args.setting, "--setting").items():
+        if key not in SETTINGS:
+            raise unknown_choice("setting in --setting", key, SETTINGS)
+        overrides[key] = _setting_value(SETTINGS[key], text)
     if overrides:  # they win over the file's settings and over every strategy's own
         spec["settings"] = {**spec.get("settings", {}), **overrides}
         for entry in spec.get("strategies", []):
@@ -367,9 +418,35 @@ def _sweep_spec(args):
     return spec, preset, benchmark_map
 
 
+def _setting_value(kind: type, text: str):
+    """A --setting value read as a Python literal, then as the setting's type reads it: a float setting takes
+    float()'s words (nan, inf reach the range checks instead of reading as text), a text setting its text as typed
+    (a folder named 123), a flag TOML's true/false."""
+    value = _literal(text)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(text)
+        except ValueError:
+            return value
+    if kind is str and not isinstance(value, str):
+        return text
+    if kind is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
 def cmd_sweep(args) -> int:
+    import importlib.util
+
     from clbench.runners.store import ResultStore, check_writable
-    from clbench.runners.sweep import EXECUTORS, execute, sweep_from_dict
+    from clbench.runners.sweep import (
+        EXECUTORS,
+        build_streams,
+        check_device,
+        check_importable_by_ray,
+        execute,
+        sweep_from_dict,
+    )
 
     spec, preset, benchmark_map = _sweep_spec(args)
     sweep = sweep_from_dict(spec, preset.name if preset else str(args.file))
@@ -377,19 +454,31 @@ def cmd_sweep(args) -> int:
         raise unknown_choice("executor", args.executor, EXECUTORS)
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.address is not None and args.executor != "ray":
+        raise UsageError(f"--address {args.address!r} names a Ray cluster; it needs --executor ray")
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise UsageError("--executor ray needs Ray: pip install 'clbench[ray]'")
     if args.out is None and not args.dry_run:
         raise UsageError("clbench sweep needs --out DIR (or --dry-run)")
-    store = ResultStore(args.out) if args.out is not None and args.out.exists() else None
+    # os.path, not pathlib: an --out the OS refuses to look up (too long a name) answers False instead of raising
+    store = ResultStore(args.out) if args.out is not None and os.path.isdir(args.out) else None
     done = store.finished_run_ids() if store else set()
     todo = [c for c in sweep.configs if c.run_id not in done]
     if args.dry_run:
         for c in sweep.configs:
             mark = "done" if c.run_id in done else "todo"
             print(f"{mark}  {c.run_id}  {c.benchmark}/{c.scenario}/{c.strategy} seed {c.seed}  "
-                  f"{describe_params(c.strategy, c.params)}")
+                  f"{params_label(c.strategy_class(), c.params)}")
         print(f"{len(sweep.configs)} runs, {len(sweep.configs) - len(todo)} done, {len(todo)} to run")
         return 0
     check_writable(args.out)
+    if args.executor == "ray":
+        check_importable_by_ray(todo)
+    if not (args.executor == "ray" and args.address):  # a Ray cluster's workers bring their own devices and data
+        check_device(sweep.device)
+        # Every stream the runs read, built before anything is written (missing data leaves no published.csv); the
+        # single local worker then runs from them, worker processes build their own.
+        build_streams(sweep, todo, keep=args.executor == "local" and args.workers == 1)
     store = ResultStore(args.out)
     if preset:
         store.add_published(preset.published_table(benchmark_map))
@@ -437,12 +526,17 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from clbench.errors import DiskFullError
+
     try:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as err:
         print(f"clbench: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except DiskFullError as err:  # raised by the writers, which leave the journal as it was: one line, no traceback
+        print(f"clbench: error: {err}", file=sys.stderr)
+        return EXIT_DISK_FULL
     except KeyboardInterrupt:
         print("clbench: interrupted", file=sys.stderr)
         return 130

@@ -29,6 +29,10 @@ Only the driver writes to the output folder; workers return results.
 from __future__ import annotations
 
 import itertools
+import math
+import os
+import re
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +45,8 @@ from clbench.benchmarks import SCENARIOS, benchmark_info, make_stream
 from clbench.benchmarks.registry import check_backbone, check_class_order
 from clbench.errors import UsageError, unknown_choice
 from clbench.runners.config import RunConfig
-from clbench.strategies import TrainConfig, get_strategy
+from clbench.strategies import TrainConfig, get_strategy, strategy_names
+from clbench.strategies.registry import import_root, strategy_ref
 
 TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description"}
 SETTINGS = {
@@ -79,13 +84,29 @@ def load_sweep(path: Path) -> Sweep:
 
 
 def read_sweep_file(path: Path) -> dict:
+    """The file's TOML table; a folder, a missing, unreadable, non-UTF-8, invalid or empty file is a UsageError."""
     path = Path(path)
-    if not path.is_file():
+    if os.path.isdir(path):
+        raise UsageError(f"sweep file {str(path)!r} is a folder; give a sweep file (TOML) or preset:NAME")
+    if not os.path.isfile(path):
         raise UsageError(f"sweep file {str(path)!r} does not exist")
     try:
-        return _toml.loads(path.read_text())
+        data = path.read_bytes()
+    except OSError as err:
+        raise UsageError(f"cannot read sweep file {str(path)!r}: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8-sig")  # TOML is UTF-8; an editor's byte-order mark is harmless
+    except UnicodeDecodeError as err:
+        raise UsageError(f"sweep file {str(path)!r} is not UTF-8 text (byte {err.start}: {err.reason}); TOML files "
+                         "must be UTF-8") from None
+    try:
+        spec = _toml.loads(text)
     except _toml.TOMLDecodeError as err:
         raise UsageError(f"sweep file {str(path)!r} is not valid TOML: {err}") from None
+    if not spec:
+        raise UsageError(f"sweep file {str(path)!r} is empty; it needs seeds, benchmarks, scenarios and "
+                         "[[strategies]] (the README's Sweeps section shows one)")
+    return spec
 
 
 def _list(spec: dict, key: str, kind, where: str) -> list:
@@ -111,11 +132,70 @@ def _settings(table, valid: dict, where: str) -> dict:
     return dict(table)
 
 
+def _train_config(settings: dict, where: str) -> TrainConfig:
+    """The TrainConfig of `settings`; its range errors say which part of the sweep they come from."""
+    try:
+        return TrainConfig(**{k: v for k, v in settings.items() if k in TRAIN_SETTINGS})
+    except UsageError as err:
+        raise UsageError(f"{where}: {err}") from None
+
+
+def _table(entry: dict, key: str, where: str) -> dict:
+    value = entry.get(key, {})
+    if not isinstance(value, dict):
+        raise UsageError(f"{where}: {key} must be a table such as {key} = {{ name = value }}, got {value!r}")
+    return dict(value)
+
+
+# Checks shared by `clbench run` and sweeps, so that both refuse the same values with the same words.
+def check_seeds(seeds, what: str) -> None:
+    """Seeds must be integers >= 0: numpy's SeedSequence refuses negatives, deep inside a run."""
+    for seed in seeds:
+        if seed < 0:
+            raise UsageError(f"{what} must be integers >= 0, got {seed}")
+
+
+def check_device(device, *, here: bool = True) -> None:
+    """A device name clbench runs on (cpu, cuda, cuda:N); with here=True, one this machine has."""
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise unknown_choice("device", device, ["cpu", "cuda", "cuda:N"])
+    if not here or device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available; valid choices here: cpu")
+    count = torch.cuda.device_count()
+    if int(device.partition(":")[2] or 0) >= count:
+        valid = ", ".join(["cpu", "cuda", *(f"cuda:{i}" for i in range(count))])
+        raise UsageError(f"device {device!r} requested but this machine has {count} CUDA device(s); valid choices "
+                         f"here: {valid}")
+
+
+def resolve_strategy(name):
+    """get_strategy, for a name that is a string and, when it holds a ':', a well-formed package.module:Class (an
+    empty or relative module name would otherwise end in importlib's ValueError or TypeError)."""
+    malformed = not isinstance(name, str)
+    if not malformed and ":" in name and not name.startswith("avalanche:"):
+        module, _, attr = name.partition(":")
+        malformed = not (all(part.isidentifier() for part in module.split(".")) and attr.isidentifier())
+    if malformed:
+        raise unknown_choice("strategy", name, strategy_names() + ["package.module:Class", "avalanche:ClassName"])
+    return get_strategy(name)
+
+
+def check_finite_params(strategy: str, params: dict) -> None:
+    """NaN or infinite hyperparameter values pass the type checks but only make a run diverge."""
+    for key, value in params.items():
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise UsageError(f"hyperparameter {key}={value!r} of strategy {strategy!r} must be finite")
+
+
 def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     unknown = set(spec) - TOP_KEYS
     if unknown:
         raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid choices: {', '.join(sorted(TOP_KEYS))}")
     seeds = _list(spec, "seeds", int, where)
+    check_seeds(seeds, f"{where}: seeds")
     benchmarks = [benchmark_info(b) for b in _list(spec, "benchmarks", str, where)]
     scenarios = _list(spec, "scenarios", str, where)
     for scenario in scenarios:
@@ -125,46 +205,53 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     for key in ("n_experiences", "train_subset", "test_subset", "eval_every", "threads"):
         if key in settings and settings[key] < 1:
             raise UsageError(f"{where}: setting {key} must be at least 1, got {settings[key]}")
+    if settings.get("stream_seed", 0) < 0:
+        raise UsageError(f"{where}: setting stream_seed must be >= 0, got {settings['stream_seed']}")
     device = settings.get("device", "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise unknown_choice("device", device, ["cpu", "cuda"])
+    check_device(device, here=False)  # whether this machine has it is for the command that runs here to say
+
+    _train_config(settings, where)  # the sweep's own settings, named as such before any method's are merged in
 
     entries = spec.get("strategies")
-    if not isinstance(entries, list) or not entries:
+    if entries is None or entries == []:
         raise UsageError(f"{where}: needs at least one [[strategies]] table with a name")
-    variants: list[tuple[str, dict, list[str], TrainConfig]] = []
+    if not isinstance(entries, list):
+        raise UsageError(f"{where}: 'strategies' must be a list of [[strategies]] tables, got {entries!r}")
+    variants: list[tuple[type, dict, list[str], TrainConfig]] = []
     for entry in entries:
+        if not isinstance(entry, dict):
+            raise UsageError(f"{where}: every [[strategies]] entry must be a table with a name, got {entry!r}")
         unknown = set(entry) - STRATEGY_KEYS
         if unknown:
             raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} in [[strategies]]; valid choices: "
                              f"{', '.join(sorted(STRATEGY_KEYS))}")
         if "name" not in entry:
             raise UsageError(f"{where}: a [[strategies]] table has no name")
-        cls = get_strategy(entry["name"])
-        own_scenarios = _list(entry, "scenarios", str, f"{where}, [[strategies]] {entry['name']!r}") \
-            if "scenarios" in entry else scenarios
+        cls = resolve_strategy(entry["name"])
+        label = f"{where}, [[strategies]] {entry['name']!r}"
+        own_scenarios = _list(entry, "scenarios", str, label) if "scenarios" in entry else scenarios
         for scenario in own_scenarios:
             if scenario not in scenarios:
                 raise unknown_choice(f"scenario of [[strategies]] {entry['name']!r} (the sweep's scenarios)", scenario,
                                      scenarios)
         # Per-method optimisation settings (papers tune the learning rate per method), over the sweep's own.
-        own = _settings(entry.get("settings", {}), {k: SETTINGS[k] for k in TRAIN_SETTINGS},
-                        f"{where}, [[strategies]] {entry['name']!r}")
-        train = TrainConfig(**{k: v for k, v in {**settings, **own}.items() if k in TRAIN_SETTINGS})
+        own = _settings(entry.get("settings", {}), {k: SETTINGS[k] for k in TRAIN_SETTINGS}, label)
+        train = _train_config({**settings, **own}, label)
         cls.check_train(train)
-        fixed, grid = dict(entry.get("params", {})), dict(entry.get("grid", {}))
+        fixed, grid = _table(entry, "params", label), _table(entry, "grid", label)
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
                 raise UsageError(f"{where}: grid {key} of {entry['name']!r} must be a non-empty list, got {values!r}")
         for combo in itertools.product(*grid.values()):
-            params = {**fixed, **dict(zip(grid, combo, strict=True))}
-            variants.append((cls.name, cls.from_params(params).get_params(), own_scenarios, train))
+            params = cls.from_params({**fixed, **dict(zip(grid, combo, strict=True))}).get_params()
+            check_finite_params(cls.name, params)
+            variants.append((cls, params, own_scenarios, train))
     for scenario in scenarios:
         for bench in benchmarks:
             bench.check_scenario(scenario)
-    for name, _, own_scenarios, _ in variants:
+    for cls, _, own_scenarios, _ in variants:
         for scenario in own_scenarios:
-            get_strategy(name).check_scenario(scenario)
+            cls.check_scenario(scenario)
 
     check_backbone(settings.get("backbone"))
     for bench in benchmarks:
@@ -172,14 +259,27 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     run_options = {k: settings[k] for k in ("stream_seed", "n_experiences", "train_subset", "test_subset",
                                             "eval_every", "backbone", "class_order") if k in settings}
     configs = [
-        RunConfig(benchmark=bench.name, scenario=scenario, strategy=name, params=params, seed=seed, train=train,
-                  **run_options)
-        for bench in benchmarks for scenario in scenarios for name, params, own_scenarios, train in variants
+        RunConfig(benchmark=bench.name, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
+                  params=params, seed=seed, train=train, **run_options)
+        for bench in benchmarks for scenario in scenarios for cls, params, own_scenarios, train in variants
         if scenario in own_scenarios for seed in seeds
     ]
     unique = list({c.run_id: c for c in configs}.values())  # the same run listed twice runs once
     return Sweep(unique, threads=settings.get("threads", 1), device=device, data_root=settings.get("data_root"),
                  checkpoint=settings.get("checkpoint", False))
+
+
+def build_streams(sweep: Sweep, configs: list[RunConfig], *, keep: bool = True) -> None:
+    """Build, in this process, every stream that `configs` read, before the caller writes anything: missing data or
+    a stream the settings cannot make fails here as one UsageError, not inside the first run with published.csv
+    already written. The in-process executor reuses them from the cache; keep=False drops them again (worker
+    processes build their own)."""
+    keys = list(dict.fromkeys(sweep.stream_key(c) for c in configs))
+    for key in keys:
+        _stream(key, sweep.data_root)
+    if not keep:
+        for key in keys:
+            _STREAMS.pop(key, None)
 
 
 # -- executors ----------------------------------------------------------------------------------------------------
@@ -195,10 +295,16 @@ def _stream(sweep_key: tuple, data_root: str | None):
 
 
 def run_one(config: RunConfig, stream_key: tuple, threads: int, device: str, data_root: str | None,
-            checkpoint_dir: str | None):
-    """Run one config in this process, with `threads` torch threads (what every executor does for every run)."""
+            checkpoint_dir: str | None, strategy_root: str | None = None):
+    """Run one config in this process, with `threads` torch threads (what every executor does for every run).
+
+    `strategy_root` is the folder the driver imported a user's strategy module from: a worker that does not share
+    the driver's sys.path (a Ray task) imports the class from there (RunConfig.strategy_ref).
+    """
     from clbench.runners.loop import run
 
+    if strategy_root is not None and strategy_root not in sys.path:
+        sys.path.append(strategy_root)
     torch.set_num_threads(threads)
     checkpoint = Path(checkpoint_dir) / f"{config.run_id}.pt" if checkpoint_dir else None
     return run(config, _stream(stream_key, data_root), device=device, progress=False, checkpoint=checkpoint)
@@ -238,7 +344,10 @@ def execute(sweep: Sweep, todo: list[RunConfig], record, *, executor: str = "loc
         raise UsageError(f"--workers must be at least 1, got {workers}")
     progress = _Progress(len(todo), quiet)
     checkpoints = str(checkpoint_dir) if sweep.checkpoint and checkpoint_dir is not None else None
-    args = [(c, sweep.stream_key(c), sweep.threads, sweep.device, sweep.data_root, checkpoints) for c in todo]
+    if executor == "ray":
+        check_importable_by_ray(todo)
+    args = [(c, sweep.stream_key(c), sweep.threads, sweep.device, sweep.data_root, checkpoints,
+             import_root(c.strategy_ref)) for c in todo]
     failed = 0
 
     def done(result):
@@ -275,6 +384,15 @@ def _execute_pool(args, done, progress, workers):
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
                 done(future.result())
+
+
+def check_importable_by_ray(configs: list[RunConfig]) -> None:
+    """Ray tasks import a strategy by its module path; a class defined in the driver's script has none."""
+    for config in configs:
+        if config.strategy_ref.startswith("__main__:"):
+            raise UsageError(f"strategy {config.strategy!r} is defined in the running script ({config.strategy_ref}); "
+                             "Ray workers cannot import it: move it into a module and pass module:Class, or use "
+                             "--executor local")
 
 
 def _execute_ray(args, done, progress, workers, address, device):
