@@ -148,6 +148,7 @@ def test_a_planted_pickle_payload_is_not_executed(tmp_path, writer, naive_cfg, d
     message = assert_ignored_and_fresh(path, naive_cfg, digits_class, uninterrupted, caplog)
     assert not target.exists()
     assert "weights_only" in message
+    assert "set to `False`" not in message and "likely succeed" not in message  # never advise loading it unsafely
 
 
 def test_corrupt_bytes_are_ignored(tmp_path, naive_cfg, digits_class, uninterrupted, caplog):

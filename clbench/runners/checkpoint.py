@@ -178,13 +178,13 @@ def _read(path: Path, run_id: str, n_experiences: int) -> SavedRun:
 
 
 def _load_error(err: Exception) -> str:
-    """The reason in torch's weights_only error (which otherwise advises loading the file unsafely)."""
-    text = str(err)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        detail = next((part for part in text.split(marker, 1)[1].split("\n\n") if part.strip()), "")
-        return detail.split(". Please use")[0].strip() or type(err).__name__
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    """The reason in torch's weights_only error, without its advice to load the file unsafely (its paragraphs are the
+    advice, the reason, e.g. "unsupported GLOBAL posix.system", and a link to the documentation)."""
+    paragraphs = [" ".join(p.split()) for p in str(err).split("\n\n") if p.strip()]
+    advice = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    reasons = [p.removeprefix("WeightsUnpickler error: ") for p in paragraphs if not p.startswith(advice)]
+    reasons = [p.split(". Please use")[0] for p in reasons]
+    return "; ".join(reasons) or f"{type(err).__name__} (not a file of tensors and plain values)"
 
 
 def _field(state: dict, name: str, kind):
