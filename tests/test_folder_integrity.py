@@ -17,8 +17,8 @@ import pytest
 from matplotlib.figure import Figure
 
 from clbench.errors import DiskFullError
+from clbench.results.store import STALE_TEMP_AGE_S, ResultStore, write_csv
 from clbench.runners.cli import main
-from clbench.runners.store import STALE_TEMP_AGE_S, ResultStore, write_csv
 from tests.test_sweep import SWEEP, write_sweep
 
 TINY = ["--benchmark", "split-digits", "--scenario", "class", "--strategy", "naive", "--train-subset", "100",

@@ -1,4 +1,4 @@
-"""Tests for clbench.runners.plots: PNG files are written atomically, readable, one per run plus the leaderboard."""
+"""Tests for clbench.results.plots: PNG files are written atomically, readable, one per run plus the leaderboard."""
 
 import matplotlib.image as mpimg
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 
 from clbench.metrics import evals_from_matrices, leaderboard, summarize
 from clbench.metrics.tables import RUNS_COLUMNS
-from clbench.runners.plots import plot_accuracy_curves, plot_accuracy_matrix, plot_leaderboard, plot_output_dir
+from clbench.results.plots import plot_accuracy_curves, plot_accuracy_matrix, plot_leaderboard, plot_output_dir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 R3 = np.array([[0.9, 0.1, 0.2], [0.6, 0.8, 0.3], [0.5, 0.7, 0.95]])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from clbench.presets import PUBLISHED_COLUMNS, compare, get_preset, list_presets
-from clbench.runners.store import ResultStore
+from clbench.results.store import ResultStore
 from clbench.runners.sweep import sweep_from_dict
 from tests.test_cli import FMNIST_AVAILABLE, run_cli
 

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from clbench.results.plots import plot_accuracy_matrix
+from clbench.results.report import average_accuracy_by_step
 from clbench.runners.cli import main
-from clbench.runners.plots import plot_accuracy_matrix
-from clbench.runners.report import average_accuracy_by_step
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATA_PNG = "data:image/png;base64,"

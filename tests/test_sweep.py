@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from clbench.errors import UsageError
+from clbench.results.store import ResultStore
 from clbench.runners.cli import main
-from clbench.runners.store import ResultStore
 from clbench.runners.sweep import load_sweep
 
 SWEEP = """

@@ -194,8 +194,8 @@ def cmd_list(args) -> int:
 
 def _resolve_run(args):
     """Check every input and build the run configs and streams; raises UsageError before anything is written."""
+    from clbench.results.store import check_writable
     from clbench.runners.config import RunConfig
-    from clbench.runners.store import check_writable
     from clbench.runners.sweep import check_device, check_finite_params, check_seeds, resolve_strategy
 
     benchmarks = [benchmark_info(name) for name in args.benchmark]
@@ -266,8 +266,8 @@ def versions() -> dict:
 
 
 def cmd_run(args) -> int:
+    from clbench.results.store import ResultStore
     from clbench.runners import loop
-    from clbench.runners.store import ResultStore
 
     configs, streams = _resolve_run(args)
     if args.threads:
@@ -289,7 +289,9 @@ def cmd_run(args) -> int:
 
 def _record(store, result, device: str) -> bool:
     """Append a finished run to the store; report a failure. True when the run succeeded."""
-    store.append(result, versions=versions(), device=device)
+    from clbench.runners.record import journal_entry
+
+    store.append_entry(journal_entry(result, versions=versions(), device=device))
     if result.status != "ok":
         cfg = result.config
         tqdm.write(f"run {cfg.run_id} ({cfg.strategy}, seed {cfg.seed}) failed: {result.error}")
@@ -311,13 +313,13 @@ def _finish(store, args, failed: int) -> int:
 
 
 def _plot(store, summary, board):
-    from clbench.runners.plots import plot_output_dir
+    from clbench.results.plots import plot_output_dir
 
     return plot_output_dir(store.evals(), summary, board, store.root)
 
 
 def _existing_store(path: Path):
-    from clbench.runners.store import ResultStore
+    from clbench.results.store import ResultStore
 
     if not (path / "runs.csv").is_file() and not (path / ResultStore.JOURNAL).is_file():
         raise UsageError(f"{str(path)!r} is not a clbench output folder (no runs.jsonl or runs.csv); pass a folder "
@@ -326,7 +328,7 @@ def _existing_store(path: Path):
 
 
 def cmd_leaderboard(args) -> int:
-    from clbench.runners.store import check_writable, merge_summaries, write_csv
+    from clbench.results.store import check_writable, merge_summaries, write_csv
 
     stores = [_existing_store(d) for d in args.dirs]
     if os.path.isdir(args.output):
@@ -352,8 +354,8 @@ def cmd_plot(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from clbench.runners.report import write_report
-    from clbench.runners.store import check_writable
+    from clbench.results.report import write_report
+    from clbench.results.store import check_writable
 
     store = _existing_store(args.dir)
     output = args.output or args.dir / "report.html"
@@ -438,7 +440,7 @@ def _setting_value(kind: type, text: str):
 def cmd_sweep(args) -> int:
     import importlib.util
 
-    from clbench.runners.store import ResultStore, check_writable
+    from clbench.results.store import ResultStore, check_writable
     from clbench.runners.sweep import (
         EXECUTORS,
         build_streams,

@@ -22,8 +22,8 @@ import pandas as pd
 import clbench
 from clbench.errors import DiskFullError, UsageError
 from clbench.metrics import tables
-from clbench.runners.plots import _changed, _figure, plot_accuracy_matrix, plot_leaderboard, save_png
-from clbench.runners.store import ResultStore, write_atomic
+from clbench.results.plots import _changed, _figure, plot_accuracy_matrix, plot_leaderboard, save_png
+from clbench.results.store import ResultStore, write_atomic
 
 __all__ = ["build_report", "check_output_file", "write_report"]
 

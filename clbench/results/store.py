@@ -27,16 +27,12 @@ import os
 import re
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from clbench.errors import DISK_FULL_ERRNOS, DiskFullError, UsageError
 from clbench.metrics import tables
-from clbench.runners.config import to_json
-from clbench.runners.loop import RunResult
-from clbench.strategies.registry import params_label
 
 STEP_COSTS_COLUMNS = [
     "run_id", "benchmark", "scenario", "strategy", "seed", "step",
@@ -197,11 +193,8 @@ class ResultStore:
         self._cache = (key, entries)
         return entries
 
-    def append(self, result: RunResult, *, versions: dict, device: str) -> None:
-        """Record one finished run (ok or failed) in a single appended line."""
-        self.append_entry(journal_entry(result, versions=versions, device=device))
-
     def append_entry(self, entry: dict) -> None:
+        """Record one finished run (ok or failed; clbench.runners.record.journal_entry) in a single appended line."""
         if not self.journal_path.exists() and self._path("runs").exists():
             # A folder from before the journal: carry its runs over first, in one atomic write.
             text = "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in self.entries().values())
@@ -342,35 +335,6 @@ def _run_costs(costs: pd.DataFrame) -> pd.DataFrame:
     per_run = costs.groupby("run_id").agg(train_s=("train_s", "sum"), eval_s=("eval_s", "sum"),
                                           peak_rss_mb=("peak_rss_mb", "max"))
     return per_run.assign(strategy_mem_mb=last).reset_index()
-
-
-def journal_entry(result: RunResult, *, versions: dict, device: str) -> dict:
-    """One run as a journal line: its runs row and, for a finished run, its eval and cost rows."""
-    cfg = result.config
-    keys = {"run_id": cfg.run_id, "benchmark": cfg.benchmark, "scenario": cfg.scenario, "strategy": cfg.strategy,
-            "seed": cfg.seed}
-    ok = result.status == "ok"
-    run_row = {
-        **keys,
-        "config_id": cfg.config_id,
-        "stream_seed": cfg.stream_seed,
-        "params": to_json(cfg.canonical()["params"]),  # as hashed: later-added defaults left out (config.py)
-        # What readers show, recorded now (the class is loaded): reading a folder never imports a strategy.
-        "label": params_label(cfg.strategy_class(), cfg.params),
-        "strategy_ref": cfg.strategy_ref,
-        "train_config": to_json(cfg.settings()),
-        "versions": to_json(versions),
-        "device": device,
-        "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "duration_s": result.duration_s,
-        "status": result.status,
-        "error": result.error,
-    }
-    return {
-        "run": run_row,
-        "evals": [{**keys, **row} for row in result.evals] if ok else [],
-        "costs": [{**keys, **row} for row in result.costs] if ok else [],
-    }
 
 
 def _trim_torn_tail(fd: int) -> None:

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from clbench.metrics import tables
 from clbench.metrics.tables import matrices_from_evals
-from clbench.runners.store import write_atomic
+from clbench.results.store import write_atomic
 
 __all__ = ["plot_accuracy_curves", "plot_accuracy_matrix", "plot_leaderboard", "plot_output_dir", "save_png"]
 
