@@ -48,3 +48,18 @@ def test_reading_a_folder_loads_no_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_the_old_import_paths_still_work_for_one_release():
+    import importlib
+    import warnings
+
+    import clbench.results.store
+
+    for name in ("store", "plots", "report"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            old = importlib.reload(importlib.import_module(f"clbench.runners.{name}"))
+        assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+    assert old.write_report and importlib.import_module("clbench.runners.store").ResultStore is \
+        clbench.results.store.ResultStore
