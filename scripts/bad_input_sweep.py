@@ -251,6 +251,17 @@ def cases(has_cuda: bool) -> list[Case]:
         Case("plot: folder name too long", ["plot", LONG], names=LONG),
         Case("plot: empty folder name", ["plot", ""], names="empty"),
         Case("plot: two folders", ["plot", "res", "other"], STORE, "other"),
+        Case("plot: unknown --format", ["plot", "res", "--format", "jpg"], STORE, "'jpg'"),
+
+        Case("leaderboard: unknown --format", ["leaderboard", "res", "-o", "b.csv", "--format", "xls"], STORE, "'xls'"),
+        Case("leaderboard: unknown extension", ["leaderboard", "res", "-o", "board.xls"], STORE, "board.xls"),
+        Case("leaderboard: unknown --metric", ["leaderboard", "res", "-o", "b.md", "--metric", "acc2"], STORE,
+             "'acc2'"),
+        Case("compare: folder does not exist", ["compare", "nope", "--reference", "naive"], names="'nope'"),
+        Case("compare: a folder without finished runs", ["compare", "res", "--reference", "naive"], STORE,
+             "no finished runs"),
+        Case("compare: missing --reference", ["compare", "res"], STORE, "--reference"),
+        Case("compare: -o is a folder", ["compare", "res", "--reference", "naive", "-o", "res"], STORE, "'res'"),
 
         Case("presets: unknown preset", ["presets", "nope"], names="'nope'"),
         Case("presets: two names", ["presets", "hnet-split-mnist", "extra"], names="extra"),

@@ -51,7 +51,9 @@ def test_run_writes_schema_valid_tables_and_plots(tmp_path, capsys):
     board = pd.read_csv(out / "leaderboard.csv")
     assert len(board) == 4 and set(board["n_seeds"]) == {2}
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert "leaderboard_acc.png" in pngs and len(pngs) == 1 + 2 * 8
+    # the overview, two per run (matrix, curves), two per benchmark × scenario (curves with bands, zoomed bars)
+    assert "leaderboard_acc.png" in pngs and len(pngs) == 1 + 2 * 8 + 2 * 2
+    assert {"split-digits_class_curves.png", "split-digits_task_acc.png"} <= set(pngs)
     assert "naive" in capsys.readouterr().out
 
     # running again into the same folder skips finished runs and adds only the new seed

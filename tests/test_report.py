@@ -22,8 +22,10 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATA_PNG = "data:image/png;base64,"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 STRATEGIES = ["naive", "ewc"]
+DIVERGING = "tests.user_strategies:Diverging"  # with steps_before_nan=0 every seed fails
 COSTS = ["train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"]
-N_IMAGES = len(STRATEGIES) + 1 + len(COSTS)  # one matrix per configuration, one curve panel, one bar chart per cost
+N_IMAGES = len(STRATEGIES) + 1 + len(COSTS)  # a matrix per finished configuration, a curve panel, a chart per cost
+WINDOW = (1400, 900)
 
 
 class Page(HTMLParser):
@@ -31,7 +33,8 @@ class Page(HTMLParser):
 
     def __init__(self, text: str):
         super().__init__()
-        self.body, self.images, self.headers, self.rows = {}, [], [], []
+        self.body, self.images, self.headers, self.rows, self.row_attrs = {}, [], [], [], []
+        self.failures = []  # the data-status of each item of the failed-runs list
         self._in_body_rows = False
         self._cell = None
         self.feed(text)
@@ -48,6 +51,9 @@ class Page(HTMLParser):
             self._in_body_rows = True
         elif tag == "tr" and self._in_body_rows:
             self.rows.append([])
+            self.row_attrs.append(attrs)
+        elif tag == "li" and "data-status" in attrs:
+            self.failures.append(attrs["data-status"])
         elif tag == "td" and self._in_body_rows:
             self._cell = {"value": attrs.get("data-value"), "text": ""}
             self.rows[-1].append(self._cell)
@@ -66,14 +72,23 @@ class Page(HTMLParser):
         index = [h["data-key"] for h in self.headers].index(key)
         return [row[index] for row in self.rows]
 
+    def finished(self, key: str) -> list[dict]:
+        """The column's cells in the rows of configurations with a finished run (the others have no numbers)."""
+        return [cell for cell, attrs in zip(self.column(key), self.row_attrs, strict=True)
+                if attrs.get("data-status") != "failed"]
+
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    """A real two-strategy, two-seed output folder and its report."""
+    """A real output folder, two strategies and two seeds, plus a configuration whose every seed failed, and its
+    report."""
     out = tmp_path_factory.mktemp("res")
     assert main(["run", "--benchmark", "split-digits", "--scenario", "class", "--strategy", *STRATEGIES,
                  "--seeds", "0", "1", "--epochs", "1", "--batch-size", "32", "--lr", "0.05", "--out", str(out),
                  "--quiet", "--no-plots"]) == 0
+    assert main(["run", "--benchmark", "split-digits", "--scenario", "class", "--strategy", DIVERGING,
+                 "--set", "steps_before_nan=0", "--seeds", "0", "1", "--train-subset", "100", "--epochs", "1",
+                 "--batch-size", "32", "--out", str(out), "--quiet", "--no-plots"]) == 1  # its runs failed
     assert main(["report", str(out), "-o", str(out / "report.html")]) == 0
     return out / "report.html"
 
@@ -86,18 +101,30 @@ def test_report_is_one_self_contained_page(report):
     assert len(references) == N_IMAGES and all(ref.startswith(DATA_PNG) for ref in references)
 
     page = Page(text)
-    assert len(page.rows) == len(STRATEGIES)
-    assert sorted(cell["text"] for cell in page.column("strategy")) == sorted(STRATEGIES)
-    assert [cell["text"] for cell in page.column("n_seeds")] == ["2", "2"]
-    for cell in page.column("acc"):
+    assert len(page.rows) == len(STRATEGIES) + 1
+    assert sorted(cell["text"] for cell in page.column("strategy")) == sorted([*STRATEGIES, DIVERGING])
+    assert [cell["text"] for cell in page.finished("n_seeds")] == ["2", "2"]
+    for cell in page.finished("acc"):
         assert re.fullmatch(r"0\.\d{3} ± 0\.\d{3}", cell["text"])
-    costs = {cost: [float(cell["value"]) for cell in page.column(cost)] for cost in COSTS}
+    costs = {cost: [float(cell["value"]) for cell in page.finished(cost)] for cost in COSTS}
     assert min(costs["train_s"] + costs["eval_s"] + costs["peak_rss_mb"]) > 0
     assert min(costs["strategy_mem_mb"]) == 0 < max(costs["strategy_mem_mb"])  # naive keeps nothing, EWC its Fisher
     # cells sort by the mean, the leaderboard's own number
     board = pd.read_csv(report.parent / "leaderboard.csv").set_index("strategy")
-    for strategy, acc in zip(page.column("strategy"), page.column("acc"), strict=True):
+    for strategy, acc in zip(page.finished("strategy"), page.finished("acc"), strict=True):
         assert float(acc["value"]) == pytest.approx(board.loc[strategy["text"], "acc_mean"])
+
+    # the failed configuration has a row (marked, with no numbers), a status cell and an entry in the failed-runs list
+    assert {"status", "n_ok", "n_runs"} <= set(board.columns), "leaderboard.csv lacks the failure accounting"
+    statuses = dict(zip((c["text"] for c in page.column("strategy")), page.column("status"), strict=True))
+    assert statuses[DIVERGING]["text"] == "failed 0/2"
+    assert {statuses[s]["text"] for s in STRATEGIES} == {"ok 2/2"}
+    marks = {c["text"]: attrs.get("data-status") for c, attrs in zip(page.column("strategy"), page.row_attrs,
+                                                                          strict=True)}  # fmt: skip
+    assert marks == {"naive": "ok", "ewc": "ok", DIVERGING: "failed"}
+    failed_row = page.rows[list(marks).index(DIVERGING)]
+    assert [cell["text"] for cell in failed_row if cell["value"] is not None][1:] == ["n/a"] * 10  # after n_seeds
+    assert page.failures == ["failed"] and "DivergedError" in text and "no run finished" in text
 
     for src in page.images:
         png = base64.b64decode(src.removeprefix(DATA_PNG), validate=True)
@@ -115,11 +142,12 @@ def browser_or_skip() -> str:
 
 
 def dump_dom(browser: str, page: Path, fragment: str, profile: Path) -> Page:
-    """Load the page (with a #fragment) in headless Chromium and parse the DOM as the script left it."""
+    """Load the page (with a #fragment) in headless Chromium, in a window of WINDOW pixels, and parse the DOM as the
+    script left it."""
     proc = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-extensions",
          "--disable-background-networking", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-         "--dump-dom", page.as_uri() + fragment],
+         f"--window-size={WINDOW[0]},{WINDOW[1]}", "--dump-dom", page.as_uri() + fragment],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0 and "<body" in proc.stdout, proc.stderr[-3000:]
@@ -130,15 +158,23 @@ def test_report_renders_and_sorts_in_a_headless_browser(report, tmp_path):
     browser = browser_or_skip()
     page = dump_dom(browser, report, "#sort=acc", tmp_path / "profile")
     assert page.body["data-images-total"] == str(N_IMAGES)
-    assert page.body["data-images-ok"] == str(N_IMAGES)  # every data URI decoded to a visible image
-    assert page.body["data-rows"] == str(len(STRATEGIES))
-    acc = [float(cell["value"]) for cell in page.column("acc")]
-    assert acc == sorted(acc)
+    assert page.body["data-images-ok"] == str(N_IMAGES), page.body["data-images-broken"]  # every data URI decoded
+    assert page.body["data-curves-ok"] == "1"  # the average-accuracy panel with its ±SEM bands
+    assert page.body["data-rows"] == str(len(STRATEGIES) + 1)
+    acc = [cell["value"] for cell in page.column("acc")]
+    assert acc[-1] == "" and [float(a) for a in acc[:-1]] == sorted(float(a) for a in acc[:-1])  # n/a last
     assert {h["data-key"]: h.get("aria-sort") for h in page.headers}["acc"] == "ascending"
+    assert page.row_attrs[-1]["data-status"] == "failed"
+
+    # the page fits a 1400-pixel window: nothing scrolls sideways but (at most) the table inside its box
+    assert page.body["data-window-width"] == str(WINDOW[0])  # the window size took effect
+    assert int(page.body["data-scroll-width"]) <= WINDOW[0]
+    # and this leaderboard (long names wrap, each ± SEM under its mean) fits without scrolling inside its box either
+    assert int(page.body["data-table-width"]) <= int(page.body["data-table-box-width"])
 
     # a second click reverses; text columns sort too
     page = dump_dom(browser, report, "#sort=-strategy", tmp_path / "profile")
-    assert [cell["text"] for cell in page.column("strategy")] == sorted(STRATEGIES, reverse=True)
+    assert [cell["text"] for cell in page.column("strategy")] == sorted([*STRATEGIES, DIVERGING], reverse=True)
     assert {h["data-key"]: h.get("aria-sort") for h in page.headers}["strategy"] == "descending"
     assert page.body["data-images-ok"] == str(N_IMAGES)
 

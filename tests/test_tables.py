@@ -22,6 +22,7 @@ from clbench.metrics import (
     mean_sem_str,
     summarize,
 )
+from clbench.metrics.tables import SETTINGS_COLUMNS
 
 R3 = np.array([[0.9, 0.1, 0.2],
                [0.6, 0.8, 0.3],
@@ -38,8 +39,11 @@ def test_schema_constants():
                              "value", "n"]  # fmt: skip
     assert SUMMARY_COLUMNS[:8] == ["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label",
                                    "seed"]
-    assert SUMMARY_COLUMNS[8:] == ["acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s",
-                                   "peak_rss_mb", "strategy_mem_mb"]  # fmt: skip
+    assert SUMMARY_COLUMNS[8:22] == SETTINGS_COLUMNS == [
+        "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "iterations", "backbone",
+        "class_order", "train_subset", "test_subset", "eval_every", "n_experiences", "stream_seed"]  # fmt: skip
+    assert SUMMARY_COLUMNS[22:] == ["acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s",
+                                    "peak_rss_mb", "strategy_mem_mb"]  # fmt: skip
 
 
 def test_evals_from_matrices_rows():
@@ -121,15 +125,17 @@ def test_evals_from_matrices_validates():
 # --- summarize ------------------------------------------------------------------------------------------------------
 
 
-def make_run(run_id, status="ok", strategy="naive", seed=0, params="{}"):
+def make_run(run_id, status="ok", strategy="naive", seed=0, params="{}", scenario="class"):
     row = dict.fromkeys(RUNS_COLUMNS)
-    row.update(run_id=run_id, config_id=f"c-{strategy}-{params}", benchmark="digits", scenario="class",
+    row.update(run_id=run_id, config_id=f"c-{strategy}-{params}", benchmark="digits", scenario=scenario,
                strategy=strategy, seed=seed, params=params, status=status)  # fmt: skip
     return row
 
 
 def test_summarize():
-    runs = pd.DataFrame([make_run("a"), make_run("b", seed=1), make_run("c", status="failed", seed=2)])
+    # task-IL: FWT is a number there (in class-IL it is n/a, test_leaderboard_honesty.py)
+    runs = pd.DataFrame([make_run("a", scenario="task"), make_run("b", seed=1, scenario="task"),
+                         make_run("c", status="failed", seed=2, scenario="task")])
     evals = pd.concat([
         evals_from_matrices({**META, "run_id": "a"}, R3, B3, n=[1, 1, 1]),
         evals_from_matrices({**META, "run_id": "b", "seed": 1}, np.eye(2), None, n=[1, 1]),

@@ -57,3 +57,22 @@ class ShadowsNaive(SGDStrategy):
 
     def __init__(self):
         pass
+
+
+class FailsForSeed(SGDStrategy):
+    """Naive SGD whose run with run seed `fail_seed` fails at setup: one configuration, some seeds failed.
+
+    A strategy is given only the seed derived from the run seed (runners.loop.run_seeds), so it derives the same
+    from `fail_seed` and compares; deterministic, and no other seed is touched."""
+
+    def __init__(self, fail_seed: int = -1):
+        self.fail_seed = fail_seed
+
+    def setup(self, spec, model, *, train, seed, device="cpu"):
+        from types import SimpleNamespace
+
+        from clbench.runners.loop import run_seeds
+
+        if self.fail_seed >= 0 and seed == run_seeds(SimpleNamespace(seed=self.fail_seed))[2]:
+            raise RuntimeError(f"planned failure of run seed {self.fail_seed}")
+        super().setup(spec, model, train=train, seed=seed, device=device)

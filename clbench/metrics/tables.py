@@ -28,7 +28,9 @@ __all__ = [
     "LEADERBOARD_KEYS",
     "LEADERBOARD_METRICS",
     "MATRIX_METRICS",
+    "NOT_APPLICABLE",
     "RUNS_COLUMNS",
+    "SETTINGS_COLUMNS",
     "SUMMARY_COLUMNS",
     "evals_from_matrices",
     "format_mean_sem",
@@ -38,6 +40,8 @@ __all__ = [
     "leaderboard",
     "matrices_from_evals",
     "mean_sem_str",
+    "not_applicable_notes",
+    "settings_of",
     "summarize",
 ]
 
@@ -47,8 +51,16 @@ RUNS_COLUMNS = [
 ]  # fmt: skip
 EVALS_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric", "value", "n"]
 COSTS_COLUMNS = ["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"]
+#: The runner's settings as plain columns of the summary and the leaderboard, so that two configurations that differ
+#: only in them (1 vs 5 epochs) are told apart by more than their config_id. All but stream_seed are read from the
+#: runs table's train_config JSON (RunConfig.settings); a key an older folder did not record is NaN.
+SETTINGS_COLUMNS = [
+    "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "iterations", "backbone", "class_order",
+    "train_subset", "test_subset", "eval_every", "n_experiences", "stream_seed",
+]  # fmt: skip
+_STRING_SETTINGS = {"optimizer", "backbone", "class_order"}
 SUMMARY_COLUMNS = [
-    "run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed",
+    "run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed", *SETTINGS_COLUMNS,
     "acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb",
 ]  # fmt: skip
 
@@ -63,6 +75,16 @@ MATRIX_METRICS = {
 }
 LEADERBOARD_METRICS = [*MATRIX_METRICS, *COSTS_COLUMNS[1:]]
 LEADERBOARD_KEYS = ["benchmark", "scenario", "strategy", "params", "config_id"]
+
+#: metric → (scenarios where it is structurally uninformative, so the summary leaves it NaN; the footnote of every
+#: printed view). FWT in class-IL: after training experience i−1 a single head never predicts the classes of
+#: experience i, so R[i−1, i] = 0 for every method and FWT = −mean(b), a property of the initial model.
+NOT_APPLICABLE = {
+    "fwt": ({"class"}, "n/a in class-IL (a single head cannot predict unseen classes; see docs/METRICS.md)"),
+}
+#: A leaderboard row's status: every run finished, some failed, all failed. Also the ranking order (see leaderboard).
+STATUS_ORDER = {"ok": 0, "partial": 1, "failed": 2}
+FAILURE_CHARS = 80
 
 
 def hyperparameter_label(params: dict, defaults: dict | None = None) -> str:
@@ -90,6 +112,36 @@ def label_from_json(text) -> str:
     except (TypeError, ValueError):
         return str(text)
     return hyperparameter_label(params) if isinstance(params, dict) else str(text)
+
+
+def settings_of(runs_df: pd.DataFrame) -> pd.DataFrame:
+    """SETTINGS_COLUMNS of each row of a runs table, parsed from its ``train_config`` JSON with json alone (no
+    strategy or runner is imported). A key the JSON lacks (older folders), a value of the wrong type, or a
+    train_config that is not a JSON object gives NaN: a folder is untrusted input and must never crash a table."""
+    texts = runs_df["train_config"] if "train_config" in runs_df.columns else [None] * len(runs_df)
+    parsed = []
+    for text in texts:
+        try:
+            value = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            value = None
+        parsed.append(value if isinstance(value, dict) else {})
+    out = pd.DataFrame(index=runs_df.index)
+    for name in SETTINGS_COLUMNS:
+        if name == "stream_seed":  # a runs column of its own, not part of train_config
+            raw = runs_df["stream_seed"].tolist() if name in runs_df.columns else [None] * len(runs_df)
+        else:
+            raw = [p.get(name) for p in parsed]
+        if name in _STRING_SETTINGS:
+            out[name] = pd.Series([v if isinstance(v, str) else np.nan for v in raw], index=out.index, dtype=object)
+        else:
+            numbers = [v if _is_number(v) else np.nan for v in raw]
+            out[name] = pd.to_numeric(pd.Series(numbers, index=out.index, dtype=object))
+    return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 def _require(df: pd.DataFrame, columns, name: str) -> None:
@@ -164,10 +216,12 @@ def evals_from_matrices(run_meta: dict, R, b, n: list, metric: str = "accuracy")
 
 
 def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFrame | None) -> pd.DataFrame:
-    """One row per run with status "ok" (SUMMARY_COLUMNS): the matrix metrics of its accuracy evals plus its costs.
+    """One row per run with status "ok" (SUMMARY_COLUMNS): its settings (:func:`settings_of`), the matrix metrics of
+    its accuracy evals and its costs.
 
     Costs come from ``costs_df`` (run_id, train_s, eval_s, peak_rss_mb, strategy_mem_mb); a run without a costs row
-    gets NaN costs. An ok run without accuracy evals is an error.
+    gets NaN costs. An ok run without accuracy evals is an error. A metric is NaN in the scenarios where
+    NOT_APPLICABLE says it is structurally uninformative (FWT in class-IL); the formula itself is unchanged.
     """
     _require(runs_df, ["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "seed", "status"], "runs")
     _require(evals_df, ["run_id", "step", "eval_exp", "metric", "value"], "evals")
@@ -178,11 +232,16 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
         if run.run_id not in groups:
             raise UsageError(f"run {run.run_id!r} has status 'ok' but no 'accuracy' rows in evals")
         R, b = _matrices(groups[run.run_id], f"run {run.run_id!r}")
-        records.append({"run_id": run.run_id, **{m: f(R, b) for m, f in MATRIX_METRICS.items()}})
+        values = {m: f(R, b) for m, f in MATRIX_METRICS.items()}
+        for m, (scenarios, _) in NOT_APPLICABLE.items():
+            if run.scenario in scenarios:
+                values[m] = math.nan
+        records.append({"run_id": run.run_id, **values})
     metrics = pd.DataFrame(records, columns=["run_id", *MATRIX_METRICS])
-    ok = ok.assign(label=labels_of(ok))
-    out = ok[["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed"]].merge(
-        metrics, on="run_id")
+    ok = pd.concat([ok.assign(label=labels_of(ok)).drop(columns=SETTINGS_COLUMNS, errors="ignore"),
+                    settings_of(ok)], axis=1)
+    out = ok[["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed",
+              *SETTINGS_COLUMNS]].merge(metrics, on="run_id")
     if costs_df is None:
         costs_df = pd.DataFrame(columns=COSTS_COLUMNS)
     _require(costs_df, COSTS_COLUMNS, "costs")
@@ -193,26 +252,102 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
     return out[SUMMARY_COLUMNS].reset_index(drop=True)
 
 
-def leaderboard(summary_df: pd.DataFrame) -> pd.DataFrame:
-    """Seeds aggregated per (benchmark, scenario, strategy, params, config_id): ``label`` (the short hyperparameter
-    label, when the summary has one), ``n_seeds`` and, per metric,
-    ``<m>_mean`` and ``<m>_sem`` (standard error of the mean, ddof=1, over the seeds where the metric is defined;
-    NaN with a single seed). Sorted by benchmark, scenario, then acc_mean descending. The only wide table.
+def leaderboard(summary_df: pd.DataFrame, runs_df: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per configuration (benchmark, scenario, strategy, params, config_id) of every recorded run; the only
+    wide table. Columns, in order:
+
+    - the keys, with ``label`` (the short hyperparameter label) beside ``params``;
+    - ``status``: "ok" (every run finished), "partial" (some failed), "failed" (all failed); ``n_runs``, ``n_ok``,
+      ``n_failed`` (runs_df's count) and ``n_seeds`` (the finished seeds the metrics average);
+    - SETTINGS_COLUMNS (the first value recorded for the configuration);
+    - per metric ``<m>_mean``, ``<m>_sem`` (standard error of the mean, ddof=1) and ``<m>_ci95`` (half-width of
+      the 95% t-interval, t(0.975, n−1)·sem), over the seeds where the metric is defined, NaN with a single seed;
+      NaN for a configuration whose every run failed;
+    - ``failure``: the first failed run's error (by seed), cut to FAILURE_CHARS characters; "" when none failed.
+
+    Without ``runs_df`` every summary row counts as an ok run (as before failures were counted). Sorted by benchmark
+    and scenario, then complete configurations first by acc_mean descending, then partial ones (their means are over
+    the survivors only, so they must not rank among complete ones), then fully failed ones.
     """
     _require(summary_df, [*LEADERBOARD_KEYS, "seed", *LEADERBOARD_METRICS], "summary")
+    from scipy import stats  # here, not at import: the CLI imports this module for every command
+
+    attempts = _attempts(summary_df, runs_df)
+    by_config = attempts.groupby(LEADERBOARD_KEYS, dropna=False, sort=False)
+    out = by_config["label"].first().to_frame()
+    out["n_runs"] = by_config.size()
+    out["n_ok"] = by_config["ok"].sum().astype(int)
+    out["n_failed"] = out["n_runs"] - out["n_ok"]
+    out["status"] = np.where(out["n_failed"] == 0, "ok", np.where(out["n_ok"] == 0, "failed", "partial"))
+    out["failure"] = by_config["failure"].agg(lambda errors: next((e for e in errors if e), ""))
+    settings = by_config[SETTINGS_COLUMNS].first()  # first() skips NaN: an older folder's missing key
     grouped = summary_df.groupby(LEADERBOARD_KEYS, dropna=False, sort=False)
-    out = grouped.size().rename("n_seeds").to_frame()
-    if "label" in summary_df.columns:  # one label per configuration: its params decide it
-        out["label"] = grouped["label"].first()
+    metrics = grouped.size().rename("n_seeds").to_frame()
     for m in LEADERBOARD_METRICS:
         values = grouped[m]
-        out[f"{m}_mean"] = values.mean().astype(float)
-        out[f"{m}_sem"] = values.sem(ddof=1).astype(float)
+        n = values.count().to_numpy()
+        metrics[f"{m}_mean"] = values.mean().astype(float)
+        metrics[f"{m}_sem"] = values.sem(ddof=1).astype(float)
+        half = stats.t.ppf(0.975, np.maximum(n - 1, 1)) * metrics[f"{m}_sem"].to_numpy()
+        metrics[f"{m}_ci95"] = np.where(n >= 2, half, np.nan)
+    out = out.join(settings).join(metrics)  # a configuration without a finished run: NaN metrics
+    out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
     out = out.reset_index()
-    if "label" in out.columns:  # beside the params it abbreviates
-        out.insert(out.columns.get_loc("params") + 1, "label", out.pop("label"))
-    out = out.sort_values(["benchmark", "scenario", "acc_mean"], ascending=[True, True, False], kind="stable")
-    return out.reset_index(drop=True)
+    if out.empty:  # an aggregate of no rows is numeric: keep the text columns text
+        out["failure"], out["status"] = out["failure"].astype(object), out["status"].astype(object)
+    rank = out["status"].map(STATUS_ORDER)
+    order = out.assign(_rank=rank).sort_values(
+        ["benchmark", "scenario", "_rank", "acc_mean", "strategy", "config_id"],
+        ascending=[True, True, True, False, True, True], kind="stable", na_position="last").index
+    columns = [*LEADERBOARD_KEYS[:4], "label", "config_id", "status", "n_runs", "n_ok", "n_failed", "n_seeds",
+               *SETTINGS_COLUMNS, *(f"{m}_{s}" for m in LEADERBOARD_METRICS for s in ("mean", "sem", "ci95")),
+               "failure"]
+    return out.loc[order, columns].reset_index(drop=True)
+
+
+def _attempts(summary_df: pd.DataFrame, runs_df: pd.DataFrame | None) -> pd.DataFrame:
+    """One row per recorded run: the keys, label, settings, whether it finished (ok) and its short failure text.
+
+    A run is ok when the summary has it (the summary holds exactly the ok runs) or the runs table says so; a summary
+    row that the runs table lacks still counts, so a leaderboard never has fewer runs than its summary."""
+    columns = [*LEADERBOARD_KEYS, "run_id", "seed", "label", *SETTINGS_COLUMNS, "ok", "failure"]
+    done = summary_df.copy()
+    if "label" not in done.columns or done["label"].isna().any():
+        done["label"] = labels_of(done)
+    for name in SETTINGS_COLUMNS:
+        if name not in done.columns:
+            done[name] = np.nan
+    done = done.assign(ok=True, failure="")
+    if runs_df is None or runs_df.empty:
+        return done[columns]
+    _require(runs_df, [*LEADERBOARD_KEYS, "run_id", "seed", "status"], "runs")
+    runs = runs_df.drop_duplicates("run_id", keep="last")  # a rerun replaces the run, as in summarize
+    runs = runs[~runs["run_id"].isin(set(done["run_id"]))]
+    errors = runs["error"] if "error" in runs.columns else pd.Series("", index=runs.index)
+    runs = pd.concat([runs[[*LEADERBOARD_KEYS, "run_id", "seed", "status"]], settings_of(runs)], axis=1).assign(
+        label=labels_of(runs), ok=runs["status"] == "ok")
+    runs["failure"] = [_short_error(e) if not ok else "" for e, ok in zip(errors, runs["ok"], strict=True)]
+    both = pd.concat([df for df in (done[columns], runs[columns]) if not df.empty], ignore_index=True)
+    if both.empty:
+        return done[columns]
+    # in seed order, so that "the first failed run" does not depend on the order the runs finished in
+    return both.sort_values(["seed", "run_id"], kind="stable", na_position="last").reset_index(drop=True)
+
+
+def _short_error(error) -> str:
+    """A failed run's error on one line of at most FAILURE_CHARS characters (an older folder may lack the text)."""
+    text = " ".join(str(error).split()) if isinstance(error, str) and error.strip() else "failed (no error recorded)"
+    return text if len(text) <= FAILURE_CHARS else text[: FAILURE_CHARS - 1] + "…"
+
+
+def not_applicable_notes(board: pd.DataFrame) -> list[str]:
+    """The footnotes a printed view of ``board`` (a summary or a leaderboard) needs: one line per metric that
+    NOT_APPLICABLE leaves NaN in a scenario the table has, e.g. "fwt: n/a in class-IL (...)"."""
+    if "scenario" not in board.columns:
+        return []
+    present = set(board["scenario"].dropna())
+    return [f"{m}: {note}" for m, (scenarios, note) in NOT_APPLICABLE.items()
+            if present & scenarios and (m in board.columns or f"{m}_mean" in board.columns)]
 
 
 def mean_sem_str(mean: float, sem: float, digits: int = 3) -> str:

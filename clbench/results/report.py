@@ -1,5 +1,6 @@
-"""One self-contained HTML page of an output folder: the sortable leaderboard with its costs, the average accuracy
-over training, cost bars and the seed-averaged accuracy matrix of every configuration.
+"""One self-contained HTML page of an output folder: the sortable leaderboard with its costs and the outcome of its
+runs, the failed configurations, the average accuracy over training (±SEM over seeds), cost bars and the seed-averaged
+accuracy matrix of every configuration.
 
 Images are PNG data URIs and the sort script is inline, so the page opens offline and can be mailed or archived as
 one file. The folder is only read: the leaderboard is recomputed from the raw tables, nothing in it is rewritten.
@@ -22,10 +23,19 @@ import pandas as pd
 import clbench
 from clbench.errors import DiskFullError, UsageError
 from clbench.metrics import tables
-from clbench.results.plots import _changed, _figure, plot_accuracy_matrix, plot_leaderboard, save_png
+from clbench.results.plots import (
+    _changed,
+    average_accuracy_by_step,
+    average_accuracy_curves,
+    plot_accuracy_matrix,
+    plot_average_accuracy,
+    plot_leaderboard,
+    run_counts,
+    strategy_colors,
+)
 from clbench.results.store import ResultStore, write_atomic
 
-__all__ = ["build_report", "check_output_file", "write_report"]
+__all__ = ["average_accuracy_by_step", "build_report", "check_output_file", "write_report"]
 
 TEXT_COLUMNS = ["benchmark", "scenario", "strategy", "params"]
 COST_COLUMNS = tables.COSTS_COLUMNS[1:]  # train_s, eval_s, peak_rss_mb, strategy_mem_mb
@@ -34,6 +44,8 @@ COLUMN_HELP = {
     "diff": "acc minus the published number",
     "reproduced": "within max(tolerance, 2 combined standard errors) of the published number",
     "params": "hyperparameters that differ from the strategy's defaults",
+    "status": "finished runs of all recorded runs: ok (all finished), partial (some failed: the numbers average the "
+              "finished seeds only), failed (none finished: no numbers)",
     "n_seeds": "finished runs (seeds) averaged in this row",
     "acc": "average accuracy on all experiences after the last one",
     "bwt": "backward transfer (negative = forgetting)",
@@ -71,13 +83,6 @@ def _mean_over_seeds(arrays) -> np.ndarray:
     return np.where(present, stack, 0).sum(axis=0) / np.where(counts > 0, counts, np.nan)
 
 
-def average_accuracy_by_step(R) -> np.ndarray:
-    """A_i = mean of R[i, 0..i], the accuracy on the experiences seen so far after training experience i; NaN for a
-    partly evaluated row, as in average_incremental_accuracy."""
-    R = np.asarray(R, dtype=float)
-    return np.array([R[i, : i + 1].mean() for i in range(R.shape[0])])
-
-
 def _labels(board: pd.DataFrame) -> dict[str, str]:
     """config_id → "strategy (changed hyperparameters)"; configurations that would read alike in one benchmark and
     scenario (they differ only in training settings such as the learning rate) get their config id appended."""
@@ -103,32 +108,41 @@ def _data_uri(draw) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def plot_average_accuracy(curves: dict[str, np.ndarray], title: str, path, colors: dict[str, str] | None = None):
-    """One line per configuration: A_i against the training step i (points without a value are left out); ``colors``
-    maps labels to matplotlib colors so that a strategy keeps its color across panels."""
-    fig = _figure(7, 4.5)
-    ax = fig.add_subplot()
-    T = max(len(values) for values in curves.values())
-    for label, values in curves.items():
-        steps = np.arange(len(values))
-        ok = ~np.isnan(values)
-        ax.plot(steps[ok], values[ok], marker="o", ms=4, label=label, color=(colors or {}).get(label))
-    ax.set_xticks(range(T))
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_xlabel("after training experience i")
-    ax.set_ylabel("average accuracy on experiences 0..i")
-    ax.set_title(title)
-    ax.legend(fontsize="small", loc="best")
-    return save_png(fig, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # page
 
 
-def _figure_html(uri: str, caption: str) -> str:
+def _figure_html(uri: str, caption: str, kind: str) -> str:
     text = html.escape(caption)
-    return f'<figure><img src="{uri}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+    return f'<figure class="{kind}"><img src="{uri}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def _status_text(row) -> tuple[str, str]:
+    """(status, cell text) of a leaderboard row: "ok 3/3", "partial 2/3", "failed 0/3" (run_counts)."""
+    status, n_ok, n_runs = run_counts(row)
+    counts = f" {n_ok}/{n_runs}" if n_ok is not None and n_runs is not None else ""
+    return status, f"{status}{counts}"
+
+
+def _mean_sem_html(text: str) -> str:
+    """"0.812 ± 0.004" as the mean over its "± SEM" (a second, smaller line), so that the many metric columns fit a
+    window; the cell's text stays "0.812 ± 0.004"."""
+    mean, sep, sem = text.partition(" ± ")
+    if not sep:
+        return html.escape(text)
+    return f'<span class="mean">{html.escape(mean)}</span> <span class="sem">± {html.escape(sem)}</span>'
+
+
+def _header_text(column: str) -> str:
+    """A long column name that may break after its underscores (strategy_mem_mb), so that headers stay narrow."""
+    if len(column) <= 8:
+        return html.escape(column)
+    return "_<wbr>".join(html.escape(part) for part in column.split("_"))
+
+
+def _failure(row) -> str:
+    failure = row.get("failure") if hasattr(row, "get") else None
+    return failure if isinstance(failure, str) else ""
 
 
 def _leaderboard_html(board: pd.DataFrame) -> str:
@@ -137,21 +151,25 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
     shown = tables.format_mean_sem(board, metrics=metrics)
     published = "published" in board.columns and board["published"].notna().any()  # a paper preset's folder
     extra = ["published", "diff", "reproduced"] if published else []
-    columns = [*TEXT_COLUMNS, "n_seeds", *metrics, *extra]
+    columns = [*TEXT_COLUMNS, "status", "n_seeds", *metrics, *extra]
     head = "".join(
-        f'<th data-key="{c}" data-type="{"text" if c in (*TEXT_COLUMNS, "reproduced") else "number"}"'
-        f' title="{html.escape(COLUMN_HELP.get(c, c))}">{c}</th>'
+        f'<th data-key="{c}" data-type="{"text" if c in (*TEXT_COLUMNS, "status", "reproduced") else "number"}"'
+        f' title="{html.escape(COLUMN_HELP.get(c, c))}">{_header_text(c)}</th>'
         for c in columns
     )
     rows = []
     for k, row in board.iterrows():
         texts = [row["benchmark"], row["scenario"], row["strategy"], _changed(row)]
-        cells = [f"<td>{html.escape(str(text))}</td>" for text in texts]
+        cells = [f'<td class="text">{html.escape(str(text))}</td>' for text in texts]
+        status, status_text = _status_text(row)
+        failure = _failure(row)
+        tip = f' title="{html.escape(failure)}"' if failure else ""
+        cells.append(f'<td class="status"{tip}>{html.escape(status_text)}</td>')
         cells.append(f'<td data-value="{row["n_seeds"]}">{row["n_seeds"]}</td>')
         for m in metrics:
             mean = row[f"{m}_mean"]
             cells.append(f'<td data-value="{"" if pd.isna(mean) else repr(float(mean))}">'
-                         f"{html.escape(shown.at[k, m])}</td>")
+                         f"{_mean_sem_html(shown.at[k, m])}</td>")
         if published:
             for column, fmt in (("published", "{:.3f}"), ("diff", "{:+.3f}")):
                 value = row[column]
@@ -159,30 +177,57 @@ def _leaderboard_html(board: pd.DataFrame) -> str:
                 cells.append(f'<td data-value="{"" if pd.isna(value) else repr(float(value))}" '
                              f'title="{html.escape(row["source"])}">{text}</td>')
             cells.append(f"<td>{html.escape(row['reproduced'])}</td>")
-        rows.append(f'<tr title="config {html.escape(str(row["config_id"]))}">{"".join(cells)}</tr>')
+        rows.append(f'<tr class="status-{status}" data-status="{status}" '
+                    f'title="config {html.escape(str(row["config_id"]))}">{"".join(cells)}</tr>')
     body = "\n".join(rows)
     return f'<table id="leaderboard"><thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>'
 
 
+def _failures_html(board: pd.DataFrame, labels: dict[str, str]) -> str:
+    """The configurations with failed runs, each with its count and first error; "" when every run finished."""
+    items = []
+    for _, row in board.iterrows():
+        status, status_text = _status_text(row)
+        if status == "ok":
+            continue
+        failure = _failure(row)
+        what = "no run finished: no numbers" if status == "failed" else "its numbers average the finished seeds only"
+        items.append(f'<li data-status="{status}"><b>{html.escape(labels[row["config_id"]])}</b> on '
+                     f'{html.escape(str(row["benchmark"]))} / {html.escape(str(row["scenario"]))}: '
+                     f"{html.escape(status_text)} ok ({what})"
+                     + (f"; first error: <code>{html.escape(failure)}</code>" if failure else "") + "</li>")
+    if not items:
+        return ""
+    return ('<h3>Failed runs</h3>\n<ul id="failures">' + "".join(items) + "</ul>")
+
+
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; overflow-wrap: anywhere; }
 table { border-collapse: collapse; font-size: 0.85em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; white-space: nowrap; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; white-space: nowrap; overflow-wrap: normal; }
+th { white-space: normal; }
+td.text { white-space: normal; overflow-wrap: anywhere; min-width: 4em; max-width: 16em; }
+td .sem { display: block; font-size: 0.85em; color: #666; }
 td[data-value] { text-align: right; font-variant-numeric: tabular-nums; }
+tr.status-partial td.status { background: #fdebd0; }
+tr.status-failed td { color: #888; }
+tr.status-failed td.status { background: #f5c6cb; color: #721c24; font-weight: bold; }
+#failures code { white-space: normal; }
 th { background: #eee; cursor: pointer; user-select: none; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
 tbody tr:nth-child(even) { background: #f7f7f7; }
 .figures { display: flex; flex-wrap: wrap; gap: 1em; }
-.wide { overflow-x: auto; }
-figure { margin: 0; }
-figure img { max-width: 100%; }
+.wide { overflow-x: auto; max-width: 100%; }
+figure { margin: 0; min-width: 0; max-width: 100%; }
+figure img { max-width: 100%; height: auto; }
 figcaption { font-size: 0.85em; color: #555; }
 """
 
 # Clicking a header sorts by that column (ascending, then toggling); numbers by their mean, n/a last either way.
 # "#sort=acc" / "#sort=-acc" in the address clicks the header on load, so a sorted view can be linked. After load
-# the body records how many images decoded and how many rows the table has, for a headless browser to read.
+# the body records how many images decoded (and the alt text of any that did not), how many rows the table has and
+# the page's and the window's widths, for a headless browser to read.
 SCRIPT = """
 (function () {
   const table = document.getElementById("leaderboard");
@@ -215,8 +260,16 @@ SCRIPT = """
     }
     const images = Array.from(document.images);
     document.body.dataset.imagesTotal = images.length;
-    document.body.dataset.imagesOk = images.filter(img => img.complete && img.naturalWidth > 0).length;
+    const ok = img => img.complete && img.naturalWidth > 0;
+    document.body.dataset.imagesOk = images.filter(ok).length;
+    document.body.dataset.imagesBroken = images.filter(img => !ok(img)).map(img => img.alt).join(" | ");
+    document.body.dataset.curvesOk = images.filter(img => ok(img) && img.closest("figure.curves")).length;
     document.body.dataset.rows = body.rows.length;
+    document.body.dataset.scrollWidth = document.documentElement.scrollWidth;
+    document.body.dataset.windowWidth = window.innerWidth;
+    const box = table.parentElement;
+    document.body.dataset.tableWidth = box.scrollWidth;
+    document.body.dataset.tableBoxWidth = box.clientWidth;
   });
 })();
 """
@@ -235,37 +288,41 @@ def build_report(store: ResultStore) -> str:
     colors = {label: f"C{k % 10}" for k, label in enumerate(sorted(set(labels.values())))}
 
     curves_html = []
-    for (bench, scenario), configs in board.groupby(["benchmark", "scenario"], sort=True):
-        curves = {
-            labels[row.config_id]: _mean_over_seeds(
-                [average_accuracy_by_step(per_run[run_id][0]) for run_id in seeds_of[row.config_id]])
-            for row in configs.itertuples(index=False)
-        }
+    matrices = {run_id: R for run_id, (R, _) in per_run.items()}
+    for (bench, scenario), curves in average_accuracy_curves(board, matrices, seeds_of, labels).items():
         title = f"{bench} / {scenario}"
         uri = _data_uri(partial(plot_average_accuracy, curves, title, colors=colors))
-        curves_html.append(_figure_html(uri, f"{title}: average accuracy on the experiences seen so far, mean over "
-                                             "seeds"))
+        failed = [c.label for c in curves if c.status == "failed"]
+        curves_html.append(_figure_html(
+            uri, f"{title}: average accuracy on the experiences seen so far, mean ± SEM over seeds (band)"
+                 + (f"; no finished run: {', '.join(failed)}" if failed else ""), "curves"))
 
     costs_html = []
+    strategy_color = strategy_colors(board["strategy"])  # one colour and one order per strategy in every panel
     for metric in COST_COLUMNS:
         if board[f"{metric}_mean"].notna().any():
-            uri = _data_uri(partial(plot_leaderboard, board, metric=metric))
-            costs_html.append(_figure_html(uri, f"{metric}: {COLUMN_HELP[metric]}, mean ± SEM over seeds"))
+            uri = _data_uri(partial(plot_leaderboard, board, metric=metric, order="name", colors=strategy_color))
+            costs_html.append(_figure_html(uri, f"{metric}: {COLUMN_HELP[metric]}, mean ± SEM over seeds", "costs"))
 
     matrices_html = []
     for row in board.itertuples(index=False):
+        if not seeds_of.get(row.config_id):
+            continue  # no finished run: listed under the leaderboard, nothing to draw
         pairs = [per_run[run_id] for run_id in seeds_of[row.config_id]]
         R = _mean_over_seeds([R for R, _ in pairs])
         b = _mean_over_seeds([b for _, b in pairs]) if all(b is not None for _, b in pairs) else None
         name = f"{labels[row.config_id]} on {row.benchmark} / {row.scenario}"
         uri = _data_uri(partial(plot_accuracy_matrix, R, name, b=b))
         matrices_html.append(_figure_html(uri, f"{name}: accuracy matrix, mean of {row.n_seeds} seed(s)"
-                                               + ("; row b is the untrained model" if b is not None else "")))
+                                               + ("; row b is the untrained model" if b is not None else ""),
+                                          "matrix"))  # fmt: skip
 
     failed = int((runs["status"] != "ok").sum())
     folder = html.escape(str(store.root))
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    note = f"; {failed} failed run(s) left out (see runs.csv)" if failed else ""
+    note = (f"; {failed} failed run(s), counted in the status column and left out of the means (see runs.csv)"
+            if failed else "")
+    footnotes = "".join(f'<p class="note">{html.escape(line)}</p>' for line in tables.not_applicable_notes(board))
     return f"""<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -281,6 +338,8 @@ def build_report(store: ResultStore) -> str:
 <h2>Leaderboard</h2>
 <p>Mean ± standard error over seeds. Click a column header to sort by it (by the mean); click again to reverse.</p>
 <div class="wide">{_leaderboard_html(board)}</div>
+{footnotes}
+{_failures_html(board, labels)}
 <h2>Average accuracy over training</h2>
 <div class="figures">{"".join(curves_html)}</div>
 <h2>Costs</h2>

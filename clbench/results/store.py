@@ -10,9 +10,9 @@
     evals.csv     long: one row per (run, step, evaluated experience, metric)
     costs.csv     long: one row per (run, step): train/eval seconds, peak RSS, strategy memory, mean train loss
     summary.csv   one row per finished run: the metrics of METRICS.md and its costs
-    leaderboard.csv  mean, SEM and number of seeds per configuration; with published.csv (written when a paper
-                  preset runs) also the published value, the difference and reproduced ✓/✗
-    plots/        PNGs
+    leaderboard.csv  per configuration: runs ok/failed, settings, mean, SEM and 95% CI over seeds; with published.csv
+                  (written when a paper preset runs) also the published value, the difference and reproduced ✓/✗
+    plots/        figures (png, or pdf/svg with `clbench plot --format`)
 
 The tables are rewritten from the journal at the end of a command (each file replaced atomically), so appending a
 run costs the same whatever the number of runs before it. A folder written before the journal existed (tables
@@ -117,7 +117,7 @@ def _naming_full_disk(path: Path):
 #: A temp file of write_atomic older than this belongs to a writer that died (see remove_stale_temps).
 STALE_TEMP_AGE_S = 600.0
 # mkstemp's names: ".<name>.<8 random chars>.tmp", <name> one of the kinds of file clbench writes into a folder.
-_TEMP_NAME = re.compile(r"\..+\.(?:csv|png|html|jsonl)\.[a-z0-9_]{8}\.tmp")
+_TEMP_NAME = re.compile(r"\..+\.(?:csv|png|pdf|svg|html|md|markdown|tex|jsonl)\.[a-z0-9_]{8}\.tmp")
 
 
 def remove_stale_temps(folder: Path, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
@@ -282,18 +282,19 @@ class ResultStore:
         write_csv(pd.concat([df for df in (old, rows) if not df.empty], ignore_index=True),
                   self.root / "published.csv")
 
-    def leaderboard(self, summary: pd.DataFrame) -> pd.DataFrame:
-        """The leaderboard, compared with the folder's published numbers when it has any."""
+    def leaderboard(self, summary: pd.DataFrame, runs: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The leaderboard of every recorded run (failed ones counted; ``runs`` defaults to this folder's runs
+        table), compared with the folder's published numbers when it has any."""
         from clbench.presets import compare
 
-        return compare(tables.leaderboard(summary), self.published())
+        return compare(tables.leaderboard(summary, self.runs() if runs is None else runs), self.published())
 
     def write_derived(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rewrite every table from the journal (runs.csv last); return the summary and the leaderboard."""
         evals, costs, runs = self.evals(), self.costs(), self.runs()
         # sorted before the leaderboard aggregates it, so that each configuration's seeds are summed in one order
         summary = canonical_order(tables.summarize(evals, runs, _run_costs(costs)), RUN_ORDER)
-        board = self.leaderboard(summary)
+        board = self.leaderboard(summary, runs)
         write_csv(evals, self._path("evals"))
         write_csv(costs, self._path("costs"))
         write_csv(summary, self._path("summary"))
@@ -325,6 +326,19 @@ def merge_summaries(summaries: list[pd.DataFrame]) -> pd.DataFrame:
     canonical order, so a merged leaderboard does not depend on the order its folders' runs finished in."""
     merged = pd.concat(summaries, ignore_index=True).drop_duplicates("run_id")
     return canonical_order(merged, RUN_ORDER)
+
+
+def merge_runs(runs: list[pd.DataFrame]) -> pd.DataFrame:
+    """The runs tables of several folders as one, for the leaderboard's failure accounting: a run found in several
+    folders once, in canonical order. Its ok record wins over a failed one (a folder that reran it successfully), so
+    the merged runs agree with merge_summaries; among records of one status, the first folder's."""
+    if not runs:
+        return pd.DataFrame(columns=tables.RUNS_COLUMNS)
+    merged = pd.concat([df for df in runs if not df.empty] or runs[:1], ignore_index=True)
+    if merged.empty:
+        return canonical_order(merged, RUN_ORDER)
+    failed_last = merged.assign(_failed=merged["status"] != "ok").sort_values("_failed", kind="stable")
+    return canonical_order(failed_last.drop_duplicates("run_id").drop(columns="_failed"), RUN_ORDER)
 
 
 def _run_costs(costs: pd.DataFrame) -> pd.DataFrame:

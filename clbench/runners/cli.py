@@ -106,12 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    board = sub.add_parser("leaderboard", help="merge output folders into one leaderboard CSV")
+    board = sub.add_parser("leaderboard", help="merge output folders into one leaderboard: CSV, or a paper-ready "
+                                               "Markdown or LaTeX table")
     board.add_argument("dirs", nargs="+", type=_input_path, metavar="DIR")
-    board.add_argument("-o", "--output", type=_output_path, required=True, metavar="FILE")
+    board.add_argument("-o", "--output", type=_output_path, required=True, metavar="FILE",
+                       help="the file to write; its extension (.csv, .md, .markdown, .tex) sets the format")
+    board.add_argument("--format", default=None, metavar="csv|markdown|latex",
+                       help="csv (every column), or markdown / latex: one row per configuration, one column per "
+                            "benchmark × scenario, best in bold (default: from the extension of -o)")
+    board.add_argument("--metric", default=None, metavar="M",
+                       help="the metric of a markdown or latex table (default: acc)")
 
-    plot = sub.add_parser("plot", help="(re)draw the plots of an output folder into DIR/plots")
+    plot = sub.add_parser("plot", help="(re)draw the plots of an output folder into DIR/plots: per run, and per "
+                                       "benchmark × scenario the average-accuracy curves and the acc bars")
     plot.add_argument("dir", type=_input_path, metavar="DIR")
+    plot.add_argument("--format", default="png", metavar="png|pdf|svg",
+                      help="file format of the figures (default: png)")
 
     report = sub.add_parser("report", help="one self-contained HTML page of an output folder: sortable leaderboard, "
                                            "accuracy matrices and curves, costs")
@@ -135,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--dry-run", action="store_true", help="list the runs and how many are done; run nothing")
     sweep.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
     sweep.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    compare = sub.add_parser("compare", help="each configuration minus a reference strategy's, paired by seed: 95% CI, "
+                                             "paired t-test, Holm-corrected p; average ranks over benchmarks")
+    compare.add_argument("dirs", nargs="+", type=_input_path, metavar="DIR")
+    compare.add_argument("--reference", required=True, metavar="STRATEGY[:LABEL]",
+                         help="the strategy every configuration is compared with, per benchmark and scenario; "
+                              "STRATEGY:LABEL picks one of its configurations (e.g. replay:mem_size=1000)")
+    compare.add_argument("--metric", default="acc", help="a summary metric (default: acc)")
+    compare.add_argument("-o", "--output", type=_output_path, default=None, metavar="FILE",
+                         help="the comparisons as CSV; the average ranks go beside it as <stem>_ranks.csv "
+                              "(default: print only)")
 
     presets = sub.add_parser("presets", help="named sweeps that follow a paper's protocol, with its published numbers")
     presets.add_argument("name", nargs="?", default=None, help="show one preset: protocol, provenance, numbers")
@@ -246,18 +267,34 @@ def _resolve_run(args):
 
 
 def format_leaderboard(board: pd.DataFrame) -> str:
-    """The leaderboard as a readable table: mean ± SEM of the headline metrics."""
+    """The leaderboard as a readable table: mean ± SEM of the headline metrics, the label, and for a configuration
+    with failed runs its "2/3 ok" status; under it each configuration's first failure and a footnote per metric that
+    is n/a in a scenario shown (tables.NOT_APPLICABLE)."""
     if board.empty:
         return "(no finished runs)"
     view = tables.format_mean_sem(board, metrics=["acc", "bwt", "forgetting", "fwt", "la", "train_s"])
     # The label recorded with the runs (tables.labels_of): printing a folder's leaderboard never imports a strategy.
     if "label" in board.columns:
         view["params"] = board["label"]
+    if {"status", "n_ok", "n_runs"} <= set(board.columns):
+        view.insert(view.columns.get_loc("n_seeds"), "status", [
+            "ok" if status == "ok" else f"{status}: {ok}/{n} ok"
+            for status, ok, n in zip(board["status"], board["n_ok"], board["n_runs"], strict=True)])
     if "published" in board.columns and board["published"].notna().any():
         view["published"] = [f"{v:.3f}" if v == v else "" for v in board["published"]]
         view["diff"] = [f"{v:+.3f}" if v == v else "" for v in board["diff"]]
         view["reproduced"] = board["reproduced"]
-    return view.drop(columns=["config_id"]).to_string(index=False)
+    lines = [view.drop(columns=["config_id"]).to_string(index=False)]
+    if "failure" in board.columns and (board["failure"].fillna("") != "").any():
+        lines.append("\nfailures (first failed run of each configuration):")
+        for row in board[board["failure"].fillna("") != ""].itertuples(index=False):
+            lines.append(f"  {row.benchmark}/{row.scenario} {row.strategy} {getattr(row, 'label', row.params)}: "
+                         f"{row.n_failed}/{row.n_runs} failed, {row.failure}")
+    notes = tables.not_applicable_notes(board)
+    if notes:
+        lines.append("")
+        lines.extend(notes)
+    return "\n".join(lines)
 
 
 def versions() -> dict:
@@ -312,10 +349,10 @@ def _finish(store, args, failed: int) -> int:
     return 0
 
 
-def _plot(store, summary, board):
+def _plot(store, summary, board, fmt: str = "png"):
     from clbench.results.plots import plot_output_dir
 
-    return plot_output_dir(store.evals(), summary, board, store.root)
+    return plot_output_dir(store.evals(), summary, board, store.root, fmt=fmt)
 
 
 def _existing_store(path: Path):
@@ -328,7 +365,7 @@ def _existing_store(path: Path):
 
 
 def cmd_leaderboard(args) -> int:
-    from clbench.results.store import check_writable, merge_summaries, write_csv
+    from clbench.results.store import check_writable, merge_runs, merge_summaries, write_csv
 
     stores = [_existing_store(d) for d in args.dirs]
     if os.path.isdir(args.output):
@@ -339,16 +376,46 @@ def cmd_leaderboard(args) -> int:
 
     summary = merge_summaries([s.summary() for s in stores])  # each run once, in canonical row order
     published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
-    board = compare(tables.leaderboard(summary), published)
-    write_csv(board, args.output)
+    runs = merge_runs([s.runs() for s in stores])  # failed runs too: the leaderboard counts them
+    board = compare(tables.leaderboard(summary, runs), published)
+    fmt = _board_format(args)
+    if fmt == "csv":
+        write_csv(board, args.output)
+    else:  # a paper-ready table of one metric
+        _write_table(board, fmt, args.metric or "acc", args.output)
     print(format_leaderboard(board))
     return 0
 
 
+def _board_format(args) -> str:
+    """csv, markdown or latex: --format, else what the extension of -o implies (exports.resolve_format)."""
+    from clbench.results.exports import resolve_format
+
+    fmt = resolve_format(args.output, args.format)
+    if fmt == "csv" and args.metric is not None:
+        raise UsageError("--metric chooses the metric of a markdown or latex table; a CSV leaderboard has every metric")
+    return fmt
+
+
+def _write_table(board: pd.DataFrame, fmt: str, metric: str, output: Path) -> None:
+    """The leaderboard pivoted into a Markdown or LaTeX table (clbench.results.exports), written in one step."""
+    from clbench.results import exports
+    from clbench.results.store import write_atomic
+
+    render = exports.to_markdown if fmt == "markdown" else exports.to_latex
+    text = render(board, metric=metric)
+    write_atomic(output, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def cmd_plot(args) -> int:
+    from clbench.results.plots import FORMATS
+
+    fmt = args.format.lower().removeprefix(".")
+    if fmt not in FORMATS:  # before anything is read or written
+        raise unknown_choice("plot format (--format)", args.format, FORMATS)
     store = _existing_store(args.dir)
     summary, board = store.write_derived()
-    for path in _plot(store, summary, board):
+    for path in _plot(store, summary, board, fmt):
         print(path)
     return 0
 
@@ -364,6 +431,27 @@ def cmd_report(args) -> int:
     check_writable(output, file=True, flag="-o")
     _check_not_an_input(output, [args.dir])
     print(write_report(store, output))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from clbench.results.compare import compare, format_comparison, ranks_path
+    from clbench.results.store import check_writable, merge_summaries, write_csv
+
+    stores = [_existing_store(d) for d in args.dirs]
+    outputs = [] if args.output is None else [args.output, ranks_path(args.output)]
+    for path in outputs:
+        check_writable(path, file=True, flag="-o")
+        _check_not_an_input(path, args.dirs)
+    summary = merge_summaries([s.summary() for s in stores])  # each run once, in canonical row order
+    runs = pd.concat([s.runs() for s in stores], ignore_index=True).drop_duplicates("run_id")  # its stream seed
+    result = compare(summary, args.reference, metric=args.metric, runs=runs)  # every check before any write
+    if outputs:
+        write_csv(result.table, outputs[0])
+        write_csv(result.ranks, outputs[1])
+    print(format_comparison(result))
+    if outputs:
+        print(f"\nwritten: {outputs[0]} (comparisons), {outputs[1]} (average ranks)")
     return 0
 
 
@@ -523,7 +611,7 @@ def cmd_presets(args) -> int:
 
 COMMANDS = {
     "list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report,
-    "sweep": cmd_sweep, "presets": cmd_presets,
+    "sweep": cmd_sweep, "presets": cmd_presets, "compare": cmd_compare,
 }
 
 
