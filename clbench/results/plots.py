@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -222,7 +223,10 @@ def _panel_labels(g: pd.DataFrame) -> list[str]:
 def strategy_colors(strategies) -> dict[str, str]:
     """name → matplotlib colour, by sorted name, so that one strategy (or configuration) has one colour in every
     figure."""
-    return {s: f"C{k % 10}" for k, s in enumerate(sorted({str(s) for s in strategies}))}
+    # tab20's dark shades first, then its light ones: 20 distinct colours (a reference board has 11 strategies and
+    # more configurations, and the default 10-colour cycle gave two of them one colour)
+    palette = [to_hex(colormaps["tab20"](i)) for i in (*range(0, 20, 2), *range(1, 20, 2))]
+    return {s: palette[k % len(palette)] for k, s in enumerate(sorted({str(s) for s in strategies}))}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
