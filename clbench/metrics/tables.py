@@ -37,6 +37,7 @@ __all__ = [
     "hyperparameter_label",
     "label_from_json",
     "labels_of",
+    "recorded_label",
     "leaderboard",
     "matrices_from_evals",
     "mean_sem_str",
@@ -100,9 +101,13 @@ def hyperparameter_label(params: dict, defaults: dict | None = None) -> str:
 def labels_of(runs_df: pd.DataFrame) -> pd.Series:
     """The `label` column of a runs table; rows without one (older folders) get the label of their JSON params."""
     recorded = runs_df["label"] if "label" in runs_df.columns else pd.Series(None, index=runs_df.index, dtype=object)
-    labels = [lab if isinstance(lab, str) and lab else label_from_json(text)
-              for lab, text in zip(recorded, runs_df["params"], strict=True)]
+    labels = [recorded_label(lab, text) for lab, text in zip(recorded, runs_df["params"], strict=True)]
     return pd.Series(labels, index=runs_df.index, dtype=object)
+
+
+def recorded_label(label, params_text) -> str:
+    """A row's recorded label, or, where it has none (an older folder), the label of its JSON params."""
+    return label if isinstance(label, str) and label else label_from_json(params_text)
 
 
 def label_from_json(text) -> str:

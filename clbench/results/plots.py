@@ -532,7 +532,4 @@ def plot_output_dir(
 def _changed(row) -> str:
     """Label text for a strategy shown with several configurations: the hyperparameter label recorded with its runs
     (tables.labels_of), never one computed by importing the strategy a folder names."""
-    label = _get(row, "label")
-    if isinstance(label, str) and label:
-        return label
-    return tables.label_from_json(_get(row, "params", ""))
+    return tables.recorded_label(_get(row, "label"), _get(row, "params", ""))

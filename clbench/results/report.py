@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from collections import Counter
 from datetime import datetime, timezone
 from functools import partial
@@ -33,7 +32,7 @@ from clbench.results.plots import (
     run_counts,
     strategy_colors,
 )
-from clbench.results.store import ResultStore, write_atomic
+from clbench.results.store import ResultStore, check_writable, write_atomic
 
 __all__ = ["average_accuracy_by_step", "build_report", "check_output_file", "write_report"]
 
@@ -355,15 +354,7 @@ def build_report(store: ResultStore) -> str:
 
 def check_output_file(path: Path) -> None:
     """Fail before any work unless ``path`` can be created as a file (its folders are created when missing)."""
-    if path.is_dir():
-        raise UsageError(f"output {str(path)!r} is a folder; give a file name such as report.html")
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir():
-        raise UsageError(f"cannot write {str(path)!r}: {str(folder)!r} is a file, not a folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {str(path)!r}: no write permission on {str(folder)!r}")
+    check_writable(path, file=True, flag="-o")
 
 
 def write_report(store: ResultStore, output) -> Path:

@@ -365,13 +365,10 @@ def _existing_store(path: Path):
 
 
 def cmd_leaderboard(args) -> int:
-    from clbench.results.store import check_writable, merge_runs, merge_summaries, write_csv
+    from clbench.results.store import merge_runs, merge_summaries, write_csv
 
     stores = [_existing_store(d) for d in args.dirs]
-    if os.path.isdir(args.output):
-        raise UsageError(f"output {str(args.output)!r} is a folder; give a file name such as leaderboard.csv")
-    check_writable(args.output, file=True, flag="-o")
-    _check_not_an_input(args.output, args.dirs)
+    _check_output_file(args.output, args.dirs)
     from clbench.presets import compare
 
     summary = merge_summaries([s.summary() for s in stores])  # each run once, in canonical row order
@@ -422,29 +419,24 @@ def cmd_plot(args) -> int:
 
 def cmd_report(args) -> int:
     from clbench.results.report import write_report
-    from clbench.results.store import check_writable
 
     store = _existing_store(args.dir)
     output = args.output or args.dir / "report.html"
-    if os.path.isdir(output):
-        raise UsageError(f"output {str(output)!r} is a folder; give a file name such as report.html")
-    check_writable(output, file=True, flag="-o")
-    _check_not_an_input(output, [args.dir])
+    _check_output_file(output, [args.dir])
     print(write_report(store, output))
     return 0
 
 
 def cmd_compare(args) -> int:
     from clbench.results.compare import compare, format_comparison, ranks_path
-    from clbench.results.store import check_writable, merge_summaries, write_csv
+    from clbench.results.store import merge_runs, merge_summaries, write_csv
 
     stores = [_existing_store(d) for d in args.dirs]
     outputs = [] if args.output is None else [args.output, ranks_path(args.output)]
     for path in outputs:
-        check_writable(path, file=True, flag="-o")
-        _check_not_an_input(path, args.dirs)
+        _check_output_file(path, args.dirs)
     summary = merge_summaries([s.summary() for s in stores])  # each run once, in canonical row order
-    runs = pd.concat([s.runs() for s in stores], ignore_index=True).drop_duplicates("run_id")  # its stream seed
+    runs = merge_runs([s.runs() for s in stores])  # each run's stream seed and settings
     result = compare(summary, args.reference, metric=args.metric, runs=runs)  # every check before any write
     if outputs:
         write_csv(result.table, outputs[0])
@@ -457,6 +449,14 @@ def cmd_compare(args) -> int:
 
 # What an output folder is read from: a leaderboard or report written over one of them would lose runs.
 INPUT_FILES = ("runs.jsonl", "runs.csv", "evals.csv", "costs.csv", "summary.csv", "published.csv")
+
+
+def _check_output_file(output: Path, dirs) -> None:
+    """-o of a command that reads `dirs`: a writable file name (not a folder) that is none of their input files."""
+    from clbench.results.store import check_writable
+
+    check_writable(output, file=True, flag="-o")
+    _check_not_an_input(output, dirs)
 
 
 def _check_not_an_input(output: Path, dirs) -> None:

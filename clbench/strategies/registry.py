@@ -67,16 +67,7 @@ def get_strategy(name: str) -> type[Strategy]:
         _REGISTRY[name] = _avalanche_strategy(name)
         return _REGISTRY[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
-        try:
-            cls = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise UsageError(f"cannot load strategy {name!r}: {err}") from None
-        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-            raise UsageError(f"strategy {name!r} is not a clbench.strategies.Strategy subclass")
-        if not cls.__dict__.get("name"):  # a subclass of a built-in must not run under its parent's name
-            cls.name = name
-        return cls
+        return load_strategy(name)
     plugins = _plugin_entry_points()
     if name in plugins:
         cls = plugins[name].load()
