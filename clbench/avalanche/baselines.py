@@ -4,8 +4,11 @@ Each Avalanche strategy class (a `SupervisedTemplate` subclass in `avalanche.tra
 named `avalanche:<ClassName>`. Its hyperparameters are the Avalanche constructor's own arguments, minus those the
 runner supplies (model, optimizer, criterion, mini-batch sizes, epochs, device, plugins, evaluator). The runner gives
 it the same stream, backbone, initial weights and optimiser settings as clbench's strategies; Avalanche then trains
-each experience with its own loop (its data loader, its plugins, its optimizer kept across experiences), and the
-runner evaluates it like any other strategy, so its rows land in the same tables and leaderboard.
+each experience with its own loop (its data loader, its plugins, its optimizer), and the runner evaluates it like
+any other strategy, so its rows land in the same tables and leaderboard. The runner's `optimizer_state` and
+`drop_last` reach Avalanche's loop as its own `reset_optimizer_state` and `drop_last` (Avalanche's default keeps the
+optimizer's state across experiences; clbench's default, "reset", clears it at every experience as for every other
+strategy).
 
 Arguments that Avalanche requires without a default get clbench's default for the same method (`DEFAULTS`), so
 `ewc` and `avalanche:EWC` compare like for like unless a value is set.
@@ -117,6 +120,7 @@ class AvalancheStrategy(Strategy):
     # -- lifecycle -----------------------------------------------------------------------------------------------
     @classmethod
     def check_train(cls, train):
+        super().check_train(train)
         if train.iterations is not None:
             raise UsageError(f"strategy {cls.name!r} trains with Avalanche's own loop, which counts epochs; use "
                              f"epochs instead of iterations={train.iterations}")
@@ -150,7 +154,9 @@ class AvalancheStrategy(Strategy):
         benchmark = with_classes_timeline(with_task_labels(benchmark_from_datasets(train=self.train_sets_)))
         self.losses_.clear()
         with quiet_avalanche():
-            self.avalanche_.train(benchmark.train_stream[exp.index], eval_streams=[])
+            self.avalanche_.train(benchmark.train_stream[exp.index], eval_streams=[],
+                                  reset_optimizer_state=self.train_config_.optimizer_state == "reset",
+                                  drop_last=self.train_config_.drop_last)
         yield from self.losses_
 
     def predict(self, x, task_id):

@@ -23,7 +23,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from clbench.avalanche.streams import experience_from_avalanche, spec_from_avalanche, tensor_dataset
-from clbench.benchmarks.base import Batch, StreamSpec
+from clbench.benchmarks.base import Batch, StreamSpec, TensorData
 from clbench.errors import UsageError
 from clbench.strategies import SGDStrategy, Strategy, make_strategy
 from clbench.strategies.base import TrainConfig, classifier_head
@@ -54,6 +54,12 @@ class ClbenchPlugin(SupervisedPlugin):
                 f"strategy {self.strategy.name!r} has its own training step and cannot be a plugin; "
                 "run it with clbench.avalanche.ClbenchStrategy instead"
             )
+        if self.strategy.own_task_loss:
+            raise UsageError(
+                f"strategy {self.strategy.name!r} with these hyperparameters computes its own task loss (e.g. "
+                "replay loss_weighting='by_task'), which Avalanche's criterion replaces in a plugin; run it with "
+                "clbench.avalanche.ClbenchStrategy instead"
+            )
         if (benchmark is None) == (spec is None):
             raise UsageError("ClbenchPlugin needs exactly one of benchmark= or spec=")
         self.spec = spec if spec is not None else spec_from_avalanche(benchmark, scenario)
@@ -74,9 +80,15 @@ class ClbenchPlugin(SupervisedPlugin):
             self._ready = True
         self._exp = experience_from_avalanche(strategy.experience)
         self.strategy.before_experience(self._exp)
+        if self.strategy.experience_train(self._exp) != self.strategy.train_config_:
+            raise UsageError(f"strategy {self.strategy.name!r} with these hyperparameters sets a training budget of "
+                             "its own per experience (e.g. joint mode='offline'), which Avalanche's loop does not "
+                             "follow; run it with clbench's runner instead")
 
     def after_train_dataset_adaptation(self, strategy, **kwargs):
         data = self.strategy.train_data(self._exp)
+        if isinstance(data, list):  # equal shares per source need clbench's mini-batches; Avalanche gets the union
+            data = TensorData.concat(data)
         if data is not self._exp.train:  # the method trains on more than the experience (joint: all seen so far)
             strategy.adapted_dataset = tensor_dataset(data, data.task).train()
 

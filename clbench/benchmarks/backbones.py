@@ -110,16 +110,25 @@ BACKBONES = {
 }
 
 
-def build_backbone(spec: StreamSpec) -> Backbone:
-    """The reference backbone named by `spec.backbone`, sized for the stream's inputs and output units, standardising
-    its inputs with the dataset's channel statistics when the stream carries them (`input_mean`, `input_std`).
+NORMALIZE = ("standardize", "none")
+
+
+def build_backbone(spec: StreamSpec, normalize: str = "standardize") -> Backbone:
+    """The reference backbone named by `spec.backbone`, sized for the stream's inputs and output units.
+
+    normalize="standardize" puts a Standardize layer with the dataset's channel statistics in front when the stream
+    carries them (`input_mean`, `input_std`); "none" feeds the stream's pixels as they are (in [0, 1]), as van de
+    Ven & Tolias's and GEM's code do for MNIST — an always-zero background pixel then gets no first-layer gradient
+    and no Fisher information, which changes how strongly EWC-like penalties bind.
 
     Parameters are initialised from torch's global RNG: seed it (torch.manual_seed) for reproducible weights.
     """
     if spec.backbone not in BACKBONES:
         raise unknown_choice("backbone", spec.backbone, BACKBONES)
+    if normalize not in NORMALIZE:
+        raise unknown_choice("normalize", normalize, NORMALIZE)
     model = BACKBONES[spec.backbone](spec)
-    if "input_mean" in spec.metadata:
+    if normalize == "standardize" and "input_mean" in spec.metadata:
         model.features = nn.Sequential(Standardize(spec.metadata["input_mean"], spec.metadata["input_std"]),
                                        *model.features)
     return model

@@ -54,12 +54,18 @@ EVALS_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "step", 
 COSTS_COLUMNS = ["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"]
 #: The runner's settings as plain columns of the summary and the leaderboard, so that two configurations that differ
 #: only in them (1 vs 5 epochs) are told apart by more than their config_id. All but stream_seed are read from the
-#: runs table's train_config JSON (RunConfig.settings); a key an older folder did not record is NaN.
+#: runs table's train_config JSON (RunConfig.settings); a key an older folder did not record is NaN, except the
+#: settings of RECORDED_LATER.
 SETTINGS_COLUMNS = [
-    "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "iterations", "backbone", "class_order",
-    "train_subset", "test_subset", "eval_every", "n_experiences", "stream_seed",
+    "optimizer", "optimizer_state", "lr", "momentum", "weight_decay", "batch_size", "drop_last", "epochs",
+    "iterations", "backbone", "normalize", "class_order", "train_subset", "test_subset", "eval_every",
+    "n_experiences", "stream_seed",
 ]  # fmt: skip
-_STRING_SETTINGS = {"optimizer", "backbone", "class_order"}
+_STRING_SETTINGS = {"optimizer", "optimizer_state", "backbone", "normalize", "class_order"}
+_BOOL_SETTINGS = {"drop_last"}
+#: Settings added after runs were recorded, with the value every run recorded before them trained with: a
+#: train_config object without the key reads as that value (the run ids of such runs are unchanged, too).
+RECORDED_LATER = {"optimizer_state": "reset", "normalize": "standardize", "drop_last": False}
 SUMMARY_COLUMNS = [
     "run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed", *SETTINGS_COLUMNS,
     "acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb",
@@ -135,10 +141,14 @@ def settings_of(runs_df: pd.DataFrame) -> pd.DataFrame:
     for name in SETTINGS_COLUMNS:
         if name == "stream_seed":  # a runs column of its own, not part of train_config
             raw = runs_df["stream_seed"].tolist() if name in runs_df.columns else [None] * len(runs_df)
+        elif name in RECORDED_LATER:
+            raw = [p.get(name, RECORDED_LATER[name]) if p else None for p in parsed]
         else:
             raw = [p.get(name) for p in parsed]
         if name in _STRING_SETTINGS:
             out[name] = pd.Series([v if isinstance(v, str) else np.nan for v in raw], index=out.index, dtype=object)
+        elif name in _BOOL_SETTINGS:
+            out[name] = pd.Series([v if isinstance(v, bool) else np.nan for v in raw], index=out.index, dtype=object)
         else:
             numbers = [v if _is_number(v) else np.nan for v in raw]
             out[name] = pd.to_numeric(pd.Series(numbers, index=out.index, dtype=object))

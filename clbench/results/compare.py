@@ -75,8 +75,9 @@ LOWER_IS_BETTER = frozenset({"forgetting", "train_s", "eval_s", "peak_rss_mb", "
 #: Recorded settings that do not change a result: left out when two configurations' settings are compared.
 IGNORED_SETTINGS = frozenset({"eval_batch_size"})
 #: Plain settings columns a summary may carry instead of the runs table's train_config JSON.
-SETTINGS_COLUMNS = ["optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "iterations", "backbone",
-                    "class_order", "n_experiences", "train_subset", "test_subset", "eval_every"]
+SETTINGS_COLUMNS = ["optimizer", "optimizer_state", "lr", "momentum", "weight_decay", "batch_size", "drop_last",
+                    "epochs", "iterations", "backbone", "normalize", "class_order", "n_experiences", "train_subset",
+                    "test_subset", "eval_every"]
 
 
 @dataclass
@@ -269,7 +270,8 @@ def _settings_of(summary: pd.DataFrame) -> dict[str, dict]:
                 parsed = json.loads(text)
             except ValueError:
                 parsed = None
-            settings = parsed if isinstance(parsed, dict) else {"train_config": text}
+            # a run recorded before a later setting existed trained with its default
+            settings = {**tables.RECORDED_LATER, **parsed} if isinstance(parsed, dict) else {"train_config": text}
         elif plain:
             settings = {c: row[c] for c in plain}
         settings = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in settings.items()

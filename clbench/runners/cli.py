@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--momentum", type=float, default=0.0)
     run.add_argument("--weight-decay", type=float, default=0.0)
     run.add_argument("--optimizer", default="sgd", help="sgd or adam (default: sgd)")
+    run.add_argument("--optimizer-state", default="reset", help="reset: a new optimizer at every experience "
+                                                               "(default); keep: one optimizer for the whole run")
+    run.add_argument("--normalize", default="standardize", help="backbone input: standardize with the dataset's "
+                                                                "mean and std (default) or none (raw pixels)")
+    run.add_argument("--drop-last", action="store_true", help="drop each pass's last incomplete mini-batch")
     run.add_argument("--eval-batch-size", type=int, default=2048)
     run.add_argument("--backbone", default=None, help="a reference backbone instead of the benchmark's "
                                                       "(mlp100, mlp400, mlp1000, resnet18-reduced)")
@@ -233,7 +238,8 @@ def _resolve_run(args):
         raise UsageError(f"--stream-seed must be >= 0, got {args.stream_seed}")
     train = TrainConfig(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
                         momentum=args.momentum, weight_decay=args.weight_decay, optimizer=args.optimizer,
-                        eval_batch_size=args.eval_batch_size)
+                        eval_batch_size=args.eval_batch_size, optimizer_state=args.optimizer_state,
+                        normalize=args.normalize, drop_last=args.drop_last)
     for scenario in args.scenario:
         for checker in (*benchmarks, *classes):
             checker.check_scenario(scenario)

@@ -11,7 +11,15 @@ from clbench.strategies.base import TrainConfig
 
 # Hyperparameters added after runs were recorded: left out of the canonical config while at these defaults, so the
 # ids of earlier runs (which ran with exactly these values) stay valid and a rerun skips them.
-LATER_DEFAULTS = {"ewc": {"fisher_labels": "true"}}
+LATER_DEFAULTS = {
+    "ewc": {"fisher_labels": "true", "gamma_in_penalty": False},
+    "joint": {"mode": "incremental"},
+    "lwf": {"weighting": "equal", "units": "old"},
+    "replay": {"loss_weighting": "concat", "per_class": None},
+}
+# Runner settings added later, likewise left out at these defaults (TrainConfig fields).
+LATER_TRAIN_DEFAULTS = {"iterations": None, "optimizer_state": "reset", "normalize": "standardize",
+                        "drop_last": False}
 
 
 @dataclass(frozen=True)
@@ -54,14 +62,15 @@ class RunConfig:
         if not _ref_shadows_builtin(self.strategy, self.strategy_ref):
             out.pop("strategy_ref")
         for name, default in LATER_DEFAULTS.get(self.strategy, {}).items():
-            if out["params"].get(name) == default:
+            if name in out["params"] and out["params"][name] == default:
                 out["params"].pop(name)
         if not with_seed:
             out.pop("seed")
         if self.eval_every == 1:  # the default is left out so that run ids from before the option stay valid
             out.pop("eval_every")
-        if self.train.iterations is None:  # likewise
-            out["train"].pop("iterations")
+        for name, default in LATER_TRAIN_DEFAULTS.items():  # likewise
+            if out["train"][name] == default:
+                out["train"].pop(name)
         if self.backbone is None:
             out.pop("backbone")
         if self.class_order == "seeded":

@@ -81,19 +81,52 @@ def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device, experi
     return rows
 
 
-def minibatches(data: TensorData, cfg: TrainConfig, order_generator: torch.Generator) -> Iterator[Batch]:
+def minibatches(data: TensorData | list[TensorData], cfg: TrainConfig,
+                order_generator: torch.Generator) -> Iterator[Batch]:
     """`cfg.epochs` passes over `data` in seeded random order, cut into mini-batches by tensor indexing; with
-    `cfg.iterations`, exactly that many mini-batches, reshuffling at the start of every pass."""
+    `cfg.iterations`, exactly that many mini-batches, reshuffling at the start of every pass. With `cfg.drop_last`
+    each pass's last incomplete mini-batch is skipped (unless it is the pass's only one: data smaller than a batch).
+
+    `data` may be a list of sources (a strategy's `train_data` drawing evenly from several experiences): every
+    mini-batch then takes ceil(batch_size / k) samples from each of the k sources, each cycling through passes of
+    its own, as van de Ven & Tolias's code composes its task-IL joint batches; an epoch is as many steps as one pass
+    over all sources together takes."""
+    if isinstance(data, list):
+        yield from _stratified_minibatches(data, cfg, order_generator)
+        return
     left = cfg.iterations
     for _ in range(cfg.epochs) if left is None else itertools.count():
         order = torch.randperm(len(data), generator=order_generator).to(data.x.device)
-        for start in range(0, len(data), cfg.batch_size):
+        for idx in _chunks(order, cfg.batch_size, cfg.drop_last):
             if left is not None:
                 if left == 0:
                     return
                 left -= 1
-            idx = order[start : start + cfg.batch_size]
             yield Batch(data.x[idx], data.y[idx], data.task[idx])
+
+
+def _chunks(order: torch.Tensor, size: int, drop_last: bool) -> list[torch.Tensor]:
+    """One pass's mini-batch indices: consecutive slices of `order`, the short last one dropped on request."""
+    stop = len(order) - len(order) % size if drop_last and len(order) >= size else len(order)
+    return [order[start : start + size] for start in range(0, stop, size)]
+
+
+def _stratified_minibatches(sources: list[TensorData], cfg: TrainConfig,
+                            order_generator: torch.Generator) -> Iterator[Batch]:
+    share = math.ceil(cfg.batch_size / len(sources))
+    steps = cfg.iterations
+    if steps is None:
+        steps = cfg.epochs * len(_chunks(torch.arange(sum(len(d) for d in sources)), cfg.batch_size, cfg.drop_last))
+    pending: list[list[torch.Tensor]] = [[] for _ in sources]
+    for _ in range(steps):
+        parts = []
+        for data, queue in zip(sources, pending, strict=True):
+            if not queue:  # this source's pass is used up: start a new, reshuffled one
+                order = torch.randperm(len(data), generator=order_generator).to(data.x.device)
+                queue.extend(reversed(_chunks(order, share, cfg.drop_last)))
+            parts.append(data.subset(queue.pop()))
+        batch = TensorData.concat(parts)
+        yield Batch(batch.x, batch.y, batch.task)
 
 
 def run(config: RunConfig, stream: Stream, *, device="cpu", progress: bool = True,
@@ -130,9 +163,9 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         logger.info("strategy %s cannot be checkpointed: run %s saves no checkpoint", config.strategy, config.run_id)
         checkpoint = None
 
-    def record(step: int, train_s: float, loss: float) -> None:
+    def record(step: int, train_s: float, loss: float, evaluate_now: bool = True) -> None:
         t0 = time.perf_counter()
-        chosen = evaluated(step, len(stream), config.eval_every)
+        chosen = evaluated(step, len(stream), config.eval_every) if evaluate_now else []
         for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen):
             result.evals.append({"step": step, **row})
         result.costs.append(
@@ -155,16 +188,21 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
     for exp in bar:
         t0 = time.perf_counter()
         strategy.before_experience(exp)
-        data = strategy.train_data(exp).to(device)
+        # The strategy's budget for this experience: the run's settings, others (offline joint trains once, at the
+        # last experience, for all of them), or None: not trained here, so there is no model to evaluate either.
+        budget = strategy.experience_train(exp)
         losses = []
-        for loss in strategy.fit_experience(exp, minibatches(data, cfg, order_generator)):
-            if not math.isfinite(loss):
-                raise DivergedError(f"loss became {loss} in experience {exp.index}")
-            losses.append(loss)
+        if budget is not None:
+            data = strategy.train_data(exp)
+            data = [d.to(device) for d in data] if isinstance(data, list) else data.to(device)
+            for loss in strategy.fit_experience(exp, minibatches(data, budget, order_generator)):
+                if not math.isfinite(loss):
+                    raise DivergedError(f"loss became {loss} in experience {exp.index}")
+                losses.append(loss)
         strategy.after_experience(exp)
         mean_loss = float(np.mean(losses)) if losses else math.nan
         bar.set_postfix(loss=f"{mean_loss:.3f}")
-        record(exp.index, time.perf_counter() - t0, mean_loss)
+        record(exp.index, time.perf_counter() - t0, mean_loss, evaluate_now=budget is not None)
         if checkpoint is not None and exp.index < len(stream) - 1:
             try:
                 save_checkpoint(checkpoint, run_id=config.run_id, strategy=strategy, order_generator=order_generator,
@@ -182,7 +220,7 @@ def _fresh_strategy(config: RunConfig, stream: Stream, device: torch.device) -> 
     init_seed, _, strategy_seed = run_seeds(config)
     strategy = config.strategy_class().from_params(config.params)  # setup() rejects an unsupported scenario
     torch.manual_seed(init_seed)
-    model = build_backbone(stream.spec).to(device)
+    model = build_backbone(stream.spec, normalize=config.train.normalize).to(device)
     strategy.setup(stream.spec, model, train=config.train, seed=strategy_seed, device=device)
     return strategy
 

@@ -12,6 +12,8 @@ run by a local or a Ray executor, recorded in the output folder's journal so tha
     lr = 0.01
     momentum = 0.9
     threads = 1             # torch threads per run, the same under every executor (bit-identical tables)
+    optimizer_state = "keep"  # protocol choices: "reset" (default) / "keep"; normalize = "standardize" / "none";
+    drop_last = true          # drop_last = false (default) / true
 
     [[strategies]]
     name = "naive"
@@ -51,14 +53,15 @@ from clbench.strategies.registry import import_root, strategy_ref
 TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description"}
 SETTINGS = {
     "epochs": int, "iterations": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
-    "optimizer": str, "eval_batch_size": int, "stream_seed": int, "n_experiences": int, "train_subset": int,
+    "optimizer": str, "eval_batch_size": int, "optimizer_state": str, "normalize": str, "drop_last": bool,
+    "stream_seed": int, "n_experiences": int, "train_subset": int,
     "test_subset": int, "eval_every": int, "backbone": str, "class_order": str, "threads": int, "device": str,
     "data_root": str, "checkpoint": bool,
 }  # fmt: skip
 STREAM_FIELDS = ("benchmark", "scenario", "stream_seed", "n_experiences", "train_subset", "test_subset", "backbone",
                  "class_order")  # RunConfig fields that make_stream takes
 TRAIN_SETTINGS = ("epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
-                  "eval_batch_size")  # the settings that make the TrainConfig
+                  "eval_batch_size", "optimizer_state", "normalize", "drop_last")  # the settings of the TrainConfig
 STRATEGY_KEYS = {"name", "params", "grid", "scenarios", "settings"}
 EXECUTORS = ("local", "ray")
 

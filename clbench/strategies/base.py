@@ -5,7 +5,8 @@ The runner only ever calls, in order:
     setup(spec, model, train=..., seed=..., device=...)   once, before the random-init evaluation
     for each experience:
         before_experience(exp)
-        train_data(exp)            -> the samples to cut mini-batches from (joint widens it)
+        experience_train(exp)      -> this experience's budget (TrainConfig), or None: not trained, not evaluated
+        train_data(exp)            -> the samples to cut mini-batches from (joint widens it; a list: equal shares)
         fit_experience(exp, batches) -> yields one loss per step; by default one train_step(batch) per mini-batch
         after_experience(exp)
     predict(x, task_id or None)    -> logits, under torch.no_grad() (task inference may enable grad locally)
@@ -55,6 +56,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     optimizer: Literal["sgd", "adam"] = "sgd"
     eval_batch_size: int = 2048
+    # Protocol choices that move numbers (van de Ven & Tolias's code keeps one Adam across contexts, feeds pixels in
+    # [0, 1] and drops the last short batch of each pass; Mammoth resets the optimizer per task). The defaults are
+    # clbench's original behaviour, so earlier run ids stay valid.
+    optimizer_state: Literal["reset", "keep"] = "reset"  # a new optimizer at every experience, or one for the run
+    normalize: Literal["standardize", "none"] = "standardize"  # backbone input: dataset mean/std, or raw pixels
+    drop_last: bool = False  # drop each pass's last incomplete mini-batch (unless the data is less than one batch)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "eval_batch_size", "iterations"):
@@ -69,8 +76,13 @@ class TrainConfig:
             raise UsageError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"weight-decay must be finite and >= 0, got {self.weight_decay}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; valid choices: adam, sgd")
+        for name, choices in (("optimizer", ("adam", "sgd")), ("optimizer_state", ("keep", "reset")),
+                              ("normalize", ("none", "standardize"))):
+            if getattr(self, name) not in choices:
+                raise UsageError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
+                                 f"valid choices: {', '.join(choices)}")
+        if not isinstance(self.drop_last, bool):
+            raise UsageError(f"drop-last must be true or false, got {self.drop_last!r}")
 
 
 @dataclass(frozen=True)
@@ -190,9 +202,17 @@ class Strategy:
                 f"valid choices: {', '.join(sorted(cls.scenarios))}"
             )
 
+    # Runner settings a method can honour only some values of: {TrainConfig field: valid values}.
+    train_choices: ClassVar[dict[str, tuple]] = {}
+
     @classmethod
     def check_train(cls, train: TrainConfig) -> None:
         """Reject runner settings the method cannot honour (called before any run starts)."""
+        for name, valid in cls.train_choices.items():
+            value = getattr(train, name)
+            if value not in valid:
+                raise UsageError(f"strategy {cls.name!r} cannot train with {name.replace('_', '-')}={value!r}; "
+                                 f"valid choices: {', '.join(map(str, valid))}")
 
     def setup(self, spec: StreamSpec, model: nn.Module, *, train: TrainConfig, seed: int, device="cpu") -> None:
         self.check_scenario(spec.scenario)
@@ -208,7 +228,15 @@ class Strategy:
     def before_experience(self, exp: Experience) -> None:
         pass
 
-    def train_data(self, exp: Experience) -> TensorData:
+    def experience_train(self, exp: Experience) -> TrainConfig | None:
+        """The optimisation budget for `exp`: the run's settings by default. A method may train longer or shorter
+        (offline joint: T times the budget, once, at the last experience) or return None to skip training on `exp`
+        altogether; the runner then records no accuracy row after it (those rows of R stay NaN)."""
+        return self.train_config_
+
+    def train_data(self, exp: Experience) -> TensorData | list[TensorData]:
+        """The samples to cut mini-batches from. A list of sources makes every mini-batch draw an equal share from
+        each of them (`clbench.runners.loop.minibatches`)."""
         return exp.train
 
     def fit_experience(self, exp: Experience, batches: Iterator[Batch]) -> Iterator[float]:
@@ -424,8 +452,10 @@ class SGDStrategy(Strategy):
         return make_optimizer([p for p in self.model_.parameters() if p.requires_grad], self.train_config_)
 
     def before_experience(self, exp):
-        # A fresh optimizer per experience: momentum from the previous task must not push the new one.
-        self.optimizer_ = self.make_optimizer()
+        # optimizer_state="reset": momentum and Adam moments from the previous task must not push the new one;
+        # "keep": the one optimizer made in setup carries them on (van de Ven & Tolias's code, Avalanche).
+        if self.train_config_.optimizer_state == "reset":
+            self.optimizer_ = self.make_optimizer()
 
     # hooks -----------------------------------------------------------------------------------------------------------
     def augment_batch(self, batch: Batch) -> Batch:
@@ -456,6 +486,11 @@ class SGDStrategy(Strategy):
         finally:
             handle.remove()
         return captured[-1], logits
+
+    @property
+    def own_task_loss(self) -> bool:
+        """True where `task_loss` is not the plain (masked) cross-entropy, which an Avalanche plugin cannot carry."""
+        return False
 
     def task_loss(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(self.mask_logits(logits, batch.task), batch.y)

@@ -86,6 +86,8 @@ class ExSSNeT(Strategy):
     earlier task's (KNN with `kkt_k` neighbours)."""
 
     scenarios = frozenset({"task"})
+    # each task trains fresh mask scores, so no optimizer state can carry over
+    train_choices = {"optimizer_state": ("reset",)}
 
     def __init__(
         self,
@@ -214,7 +216,9 @@ class ExSSNeT(Strategy):
         try:
             for _ in range(epochs):
                 order = torch.randperm(len(data), generator=self.generator_).to(self.device_)
-                for start in range(0, len(data), cfg.batch_size):
+                # drop_last as the runner's mini-batches do: a final short batch goes, unless it is the only one
+                full = len(data) - len(data) % cfg.batch_size if cfg.drop_last else 0
+                for start in range(0, full or len(data), cfg.batch_size):
                     idx = order[start : start + cfg.batch_size]
                     optimizer.zero_grad(set_to_none=True)
                     logits = sm.masked_forward(self.model_, float_mask, data.x[idx])

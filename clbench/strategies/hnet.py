@@ -141,6 +141,9 @@ class HNet(Strategy):
     regularised per step (None: all)."""
 
     scenarios = frozenset({"task", "class"})
+    # the optimizer covers the current task's embedding, a new tensor at every task (the reference, too, makes a new
+    # optimizer per task), so no optimizer can be kept across tasks
+    train_choices = {"optimizer_state": ("reset",)}
 
     def __init__(
         self,

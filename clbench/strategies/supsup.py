@@ -78,6 +78,8 @@ class SupSup(Strategy):
     mask keeps); task id given → its mask; no task id → one-shot entropy-gradient task inference per batch."""
 
     scenarios = frozenset({"task", "class", "domain"})
+    # each task trains a fresh set of mask scores, so no optimizer state can carry over
+    train_choices = {"optimizer_state": ("reset",)}
 
     def __init__(self, sparsity: float = 0.5):
         self.sparsity = sparsity
