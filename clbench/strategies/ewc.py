@@ -10,6 +10,9 @@ Names and the penalty's scale (no ½) follow Avalanche's EWCPlugin. One differen
 the squared *mini-batch* gradients, while clbench averages squared *per-sample* gradients (the empirical Fisher of
 the paper), computed in one vectorised pass with torch.func (vmap over grad). Per-sample squares are larger than
 mini-batch squares by about the batch size, so an Avalanche `ewc_lambda` corresponds to a smaller one here.
+With gamma_in_penalty=True (online only) the penalty is multiplied by decay_factor once more, γ·λ·Σ F (θ − θ*)²,
+as van de Ven & Tolias's code (continual_learner.py: `fisher = gamma * fisher` in the online EWC loss) does; there the
+strength is then γλ/2, so their λ maps to clbench's λ/2 with gamma_in_penalty=True.
 With fisher_labels="predicted" the log-likelihood is taken at the model's own prediction instead of the true label
 (the choice of van de Ven & Tolias's code; the "true Fisher" evaluated at its most likely label).
 The default ewc_lambda=10 trains stably on Split-Fashion-MNIST with SGD lr 0.01 momentum 0.9 in every scenario;
@@ -47,7 +50,8 @@ def _only_linear_layers(model: nn.Module, params: dict) -> bool:
 class EWC(SGDStrategy):
     """EWC with a per-sample Fisher; `mode` "separate" keeps one penalty per experience, "online" one running
     penalty decayed by `decay_factor`; `fisher_labels` "true" (empirical Fisher) or "predicted" (the model's own
-    prediction as the label). `fisher_batch_size` bounds the memory of the vectorised pass."""
+    prediction as the label); `gamma_in_penalty` applies decay_factor once more inside the online penalty (van de Ven
+    & Tolias's convention). `fisher_batch_size` bounds the memory of the vectorised pass."""
 
     def __init__(
         self,
@@ -56,12 +60,14 @@ class EWC(SGDStrategy):
         decay_factor: float | None = None,
         fisher_batch_size: int = 128,
         fisher_labels: Literal["true", "predicted"] = "true",
+        gamma_in_penalty: bool = False,
     ):
         self.ewc_lambda = ewc_lambda
         self.mode = mode
         self.decay_factor = decay_factor
         self.fisher_batch_size = fisher_batch_size
         self.fisher_labels = fisher_labels
+        self.gamma_in_penalty = gamma_in_penalty
 
     def validate(self):
         if self.ewc_lambda < 0:
@@ -70,6 +76,8 @@ class EWC(SGDStrategy):
             raise UsageError(f"mode='online' needs decay_factor in [0, 1], got {self.decay_factor}")
         if self.mode == "separate" and self.decay_factor is not None:
             raise UsageError("decay_factor is only used with mode='online'; leave it unset for mode='separate'")
+        if self.gamma_in_penalty and self.mode != "online":
+            raise UsageError("gamma_in_penalty is only used with mode='online'; leave it false for mode='separate'")
         if self.fisher_batch_size < 1:
             raise UsageError(f"fisher_batch_size must be at least 1, got {self.fisher_batch_size}")
 
@@ -87,7 +95,9 @@ class EWC(SGDStrategy):
         for name, param in self.model_.named_parameters():
             if name in weight:
                 total = total + (weight[name] * (param - centre[name]).pow(2)).sum()
-        return self.ewc_lambda * (total + offset)
+        # van de Ven & Tolias's online EWC multiplies the running Fisher by gamma once more inside the penalty
+        strength = self.ewc_lambda * (self.decay_factor if self.gamma_in_penalty else 1.0)
+        return strength * (total + offset)
 
     def after_experience(self, exp):
         fisher = self.empirical_fisher(exp.train)

@@ -12,6 +12,16 @@ over the group only, as in Avalanche's `_distillation_loss`, which slices before
     Avalanche sums over the previous heads of a MultiTaskModule. Every sample of the batch is distilled on every old
     head, whatever its own task.
 
+Two options follow van de Ven & Tolias's code (continual-learning, models/classifier.py, whose LwF is
+"replay='current'" with distillation) instead:
+  * weighting="by_task": the distillation term is the *mean* over the groups times the number of finished
+    experiences, alpha · (t − 1) · mean_g KD_g while training experience t (their `lwf_weighting`, which that code
+    applies in task- and domain-IL only: use "equal" in class-IL to follow it). In task-IL this equals the sum;
+    in domain-IL it weighs the single term by t − 1.
+  * units="all": in class-IL, distil over every output unit (teacher softmax over all of them, the classes not seen
+    yet included: their `--active-classes all`) instead of the units of finished experiences. In task- and
+    domain-IL the groups are the same either way (each old head; all units).
+
 Defaults alpha=1, T=2 are Avalanche's. Like Avalanche (and unlike Hinton et al.'s KD) the term is *not* multiplied
 by T². KL and the paper's soft cross-entropy differ by the teacher's entropy, a constant, so gradients are the same.
 One difference, on purpose: the teacher runs in eval mode (batch-norm running statistics, no dropout), whereas
@@ -21,6 +31,7 @@ Avalanche's deep copy keeps the training mode of the model it copies.
 from __future__ import annotations
 
 import copy
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,11 +51,15 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 @register("lwf")
 class LwF(SGDStrategy):
     """Distils the previous model's outputs on the old units into the current model (`alpha` weighs the term,
-    `temperature` softens both distributions)."""
+    `temperature` softens both distributions; `weighting` "equal" sums the groups' terms, "by_task" takes their
+    mean times the number of finished experiences; `units` "old" or "all" output units in class-IL)."""
 
-    def __init__(self, alpha: float = 1.0, temperature: float = 2.0):
+    def __init__(self, alpha: float = 1.0, temperature: float = 2.0,
+                 weighting: Literal["equal", "by_task"] = "equal", units: Literal["old", "all"] = "old"):
         self.alpha = alpha
         self.temperature = temperature
+        self.weighting = weighting
+        self.units = units
 
     def validate(self):
         if self.alpha < 0:
@@ -56,22 +71,26 @@ class LwF(SGDStrategy):
         super().setup(spec, model, train=train, seed=seed, device=device)
         self.teacher_: torch.nn.Module | None = None
         self.old_units_: list[torch.Tensor] = []  # groups of old units, one distillation term each
+        self.finished_ = 0  # experiences trained so far: the teacher's
 
     def penalty(self, batch, features, logits):
         if self.teacher_ is None:
             return None
         with torch.no_grad():
             teacher_logits = self.teacher_(batch.x)
-        kd = sum(
-            distillation_loss(logits[:, units], teacher_logits[:, units], self.temperature) for units in self.old_units_
-        )
+        terms = [distillation_loss(logits[:, units], teacher_logits[:, units], self.temperature)
+                 for units in self.old_units_]
+        kd = sum(terms) if self.weighting == "equal" else self.finished_ * torch.stack(terms).mean()
         return self.alpha * kd
 
     def after_experience(self, exp):
         self.teacher_ = self._new_teacher()
+        self.finished_ += 1
         units = torch.tensor(exp.classes, device=self.device_)
         if self.spec_.scenario == "task":
             self.old_units_.append(units)
+        elif self.units == "all":
+            self.old_units_ = [torch.arange(self.spec_.n_classes, device=self.device_)]
         else:
             seen = units if not self.old_units_ else torch.cat([self.old_units_[0], units])
             self.old_units_ = [torch.unique(seen)]
