@@ -34,16 +34,36 @@ def test_every_published_number_names_configurations_the_preset_runs(name):
 
 
 def test_three_scenarios_covers_the_issue_s_methods_in_all_three_scenarios():
-    preset = PRESETS["three-scenarios-split-mnist"]
+    preset = get_preset("preset:three-scenarios-split-mnist")
     configs = sweep_from_dict(preset.sweep, preset.name).configs
     for scenario in ("task", "domain", "class"):
         ran = {(c.strategy, c.params.get("mode")) for c in configs if c.scenario == scenario}
-        assert {("naive", None), ("joint", None), ("ewc", "separate"), ("ewc", "online"), ("lwf", None),
-                ("replay", None)} <= ran
+        assert ran == {("naive", None), ("joint", "offline"), ("ewc", "separate"), ("ewc", "online"),
+                       ("lwf", None), ("replay", None)}
         published = {(p["strategy"], p.get("params", {}).get("mode")) for p in preset.published
                      if p["scenario"] == scenario}
         assert published == {("naive", None), ("joint", None), ("ewc", "separate"), ("ewc", "online"), ("lwf", None)}
     assert {c.train.iterations for c in configs} == {2000} and {c.train.batch_size for c in configs} == {128}
+
+
+def test_three_scenarios_follows_the_reference_code_s_protocol():
+    preset = get_preset("preset:three-scenarios-split-mnist")
+    configs = sweep_from_dict(preset.sweep, preset.name).configs
+    assert {(c.train.optimizer, c.train.lr, c.train.optimizer_state, c.train.normalize, c.train.drop_last,
+             c.class_order) for c in configs} == {("adam", 0.001, "keep", "none", True, "natural")}
+    by = {(c.scenario, c.strategy, c.params.get("mode")): c.params for c in configs}
+    for scenario, gamma in (("task", 0.8), ("domain", 0.7), ("class", 0.8)):
+        online = by[scenario, "ewc", "online"]
+        assert online["gamma_in_penalty"] is True and online["decay_factor"] == gamma
+        assert by[scenario, "ewc", "separate"]["gamma_in_penalty"] is False
+        replay = by[scenario, "replay", None]
+        assert (replay["storage_policy"], replay["per_class"], replay["loss_weighting"], replay["batch_size_mem"]) \
+            == ("fixed_per_class", 100, "by_task", 128)
+        lwf = by[scenario, "lwf", None]
+        expected = ("equal", "all") if scenario == "class" else ("by_task", "old")
+        assert (lwf["weighting"], lwf["units"], lwf["temperature"]) == (*expected, 2.0)
+    for name in ("Remaining differences", "label order", "Fisher", "without replacement"):  # listed, too
+        assert name in preset.provenance.replace("\n", " ")
 
 
 def test_gem_presets_follow_the_protocol():
@@ -51,6 +71,8 @@ def test_gem_presets_follow_the_protocol():
         configs = sweep_from_dict(PRESETS[name].sweep, name).configs
         assert {(c.n_experiences, c.train_subset, c.train.epochs, c.train.batch_size, c.backbone) for c in configs} \
             == {(20, 1000, 1, 10, "mlp100")}
+        assert {(c.train.normalize, c.train.optimizer_state, c.train.momentum) for c in configs} \
+            == {("none", "keep", 0.0)}
         gem = [c for c in configs if c.strategy == "gem"]
         assert gem and gem[0].params["patterns_per_exp"] == 256 and gem[0].train.lr == 0.1
 
