@@ -6,7 +6,7 @@
 set -euo pipefail
 out=${1:-results/presets}
 clbench=${CLBENCH:-.venv/bin/clbench}
-common=(--seeds 0 --quiet --no-plots)
+common=(--seeds 0 --quiet --no-plots --workers "${WORKERS:-1}")
 
 "$clbench" sweep preset:three-scenarios-split-mnist --benchmark-map split-mnist=split-fmnist \
     --out "$out/three-scenarios-on-split-fmnist" "${common[@]}"
