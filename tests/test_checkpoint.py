@@ -40,6 +40,12 @@ CASES = {
     "hnet": ({"chunk_size": 2000, "emb_dim": 8, "chunk_emb_dim": 8}, ADAM),
     "supsup": ({}, ADAM),
     "exssnet": ({"kkt": True, "kkt_k": 10}, ADAM),
+    "si": ({}, SGD),
+    "mas": ({}, SGD),
+    "icarl": ({"memory_size": 100}, SGD),
+    "der": ({"mem_size": 60}, SGD),
+    "er-ace": ({"mem_size": 60}, SGD),
+    "gdumb": ({"mem_size": 60}, SGD),
 }
 
 

@@ -28,6 +28,12 @@ BUILTIN_MODULES = {
     "hnet": "clbench.strategies.hnet",
     "supsup": "clbench.strategies.supsup",
     "exssnet": "clbench.strategies.exssnet",
+    "si": "clbench.strategies.si",
+    "mas": "clbench.strategies.mas",
+    "icarl": "clbench.strategies.icarl",
+    "der": "clbench.strategies.der",
+    "er-ace": "clbench.strategies.er_ace",
+    "gdumb": "clbench.strategies.gdumb",
 }
 
 _REGISTRY: dict[str, type[Strategy]] = {}
