@@ -16,6 +16,13 @@ nothing else. Repeat r uses seed r (model init, data order, the method's samplin
 seconds over the repeats, the speed-ups, the final accuracies averaged over the seeds, and naive's ratio to the
 floor.
 
+The methods added later (si, mas, der, er-ace, gdumb, icarl) run against Avalanche's SynapticIntelligence, MAS,
+DER, ER_ACE, GDumb and ICaRL with the same memory and strengths (SI's λ doubled on Avalanche's side, whose penalty
+has a ½); where the two definitions differ (each clbench file's docstring says how), the accuracies are not expected
+to agree. ICaRL has no avalanche-tensors side (Avalanche's ICaRL takes the backbone as two modules). With
+`--optimizer-state keep` clbench's sides keep one optimizer across experiences, as Avalanche does (GDumb, which
+starts a new model at every experience, resets).
+
 joint is compared with Avalanche's `Cumulative`: both train, at experience i, on the union of experiences 0..i (the
 same optimizer steps; clbench's joint also restarts from the initial weights). Avalanche's `JointTraining` trains
 once on everything and has no per-experience row.
@@ -55,17 +62,35 @@ PAIRS = {
                                                                        "memory_strength": 0.5}),
     "agem": ("AGEM", {"patterns_per_exp": 256, "sample_size": 64}, {"patterns_per_exp": 256, "sample_size": 64}),
     "replay": ("Replay", {"mem_size": 1000}, {"mem_size": 1000}),
+    # Avalanche's SI penalty has a factor 1/2 (clbench's none): its si_lambda is twice clbench's for the same penalty.
+    "si": ("SynapticIntelligence", {"si_lambda": 1e-4, "eps": 1e-7}, {"si_lambda": 2e-4, "eps": 1e-7}),
+    "mas": ("MAS", {"mas_lambda": 0.1, "alpha": 0.5}, {"lambda_reg": 0.1, "alpha": 0.5}),
+    "der": ("DER", {"mem_size": 500, "alpha": 0.1, "beta": 0.5}, {"mem_size": 500, "alpha": 0.1, "beta": 0.5}),
+    "er-ace": ("ER_ACE", {"mem_size": 500, "batch_size_mem": 10}, {"mem_size": 500, "batch_size_mem": 10}),
+    "gdumb": ("GDumb", {"mem_size": 500}, {"mem_size": 500}),
+    # Avalanche's ICaRL takes the backbone in two parts and has no model argument (see timed_avalanche); it cannot
+    # run inside clbench's runner as avalanche:ICaRL, so that side is left out.
+    "icarl": ("ICaRL", {"memory_size": 2000}, {"memory_size": 2000, "fixed_memory": True, "buffer_transform": None}),
 }
+NO_TENSORS_SIDE = {"icarl"}
 
 
-def train_config(args) -> TrainConfig:
-    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum)
+def train_config(args, strategy: str = "naive") -> TrainConfig:
+    """The settings of every side; `--optimizer-state keep` does Avalanche's own work (one optimizer kept across
+    experiences) except for methods that cannot keep one (GDumb: a new model per experience)."""
+    from clbench.strategies import get_strategy
+
+    state = args.optimizer_state
+    if state not in get_strategy(strategy).train_choices.get("optimizer_state", (state,)):
+        state = "reset"
+    return TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                       optimizer_state=state)
 
 
 def timed_run(strategy: str, params: dict, args, stream, seed: int) -> tuple[float, float]:
     """clbench's runner: (training seconds, final average accuracy)."""
     config = RunConfig(benchmark=stream.spec.name, scenario=stream.spec.scenario, strategy=strategy, params=params,
-                       seed=seed, train=train_config(args))
+                       seed=seed, train=train_config(args, strategy))
     result = run(config, stream, progress=False)
     if result.status != "ok":
         raise SystemExit(f"{strategy} failed: {result.error}")
@@ -87,23 +112,25 @@ def timed_avalanche(class_name: str, params: dict, args, benchmark, stream, seed
     """Avalanche's strategy on its own benchmark, the way its users run it: (training seconds, final accuracy)."""
     import avalanche.training
 
-    init_seed, _, strategy_seed = run_seeds(RunConfig(stream.spec.name, stream.spec.scenario, class_name, seed=seed))
+    # the seeds depend on the run seed only: those of clbench's run with this seed
+    init_seed, _, strategy_seed = run_seeds(RunConfig(stream.spec.name, stream.spec.scenario, "naive", seed=seed))
     torch.manual_seed(init_seed)
     model = build_backbone(stream.spec)
     torch.manual_seed(strategy_seed)
     random.seed(strategy_seed)
     np.random.seed(strategy_seed % 2**32)
     cfg = train_config(args)
+    parts = ({"feature_extractor": model.features, "classifier": model.head} if class_name == "ICaRL"
+             else {"model": model, "criterion": torch.nn.CrossEntropyLoss()})
     strategy = getattr(avalanche.training, class_name)(
-        model=model, optimizer=make_optimizer(model.parameters(), cfg), criterion=torch.nn.CrossEntropyLoss(),
-        train_mb_size=cfg.batch_size, train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size, evaluator=None,
-        **params)
+        **parts, optimizer=make_optimizer(model.parameters(), cfg), train_mb_size=cfg.batch_size,
+        train_epochs=cfg.epochs, eval_mb_size=cfg.eval_batch_size, evaluator=None, **params)
     seconds = 0.0
     for experience in benchmark.train_stream:
         started = time.perf_counter()
         strategy.train(experience, eval_streams=[])
         seconds += time.perf_counter() - started
-    rows = evaluate(_Predictor(model), stream, cfg.eval_batch_size, "cpu")
+    rows = evaluate(_Predictor(strategy.model), stream, cfg.eval_batch_size, "cpu")  # ICaRL's: with its NCM head
     return seconds, sum(r["value"] for r in rows) / len(rows)
 
 
@@ -152,6 +179,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--optimizer-state", default="reset", choices=["reset", "keep"],
+                        help="clbench's sides: reset (a new optimizer per experience) or keep (Avalanche's default)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -163,7 +192,8 @@ def main() -> None:
         stream = from_avalanche(benchmark, name="avalanche-split-fmnist")
         n_steps = sum(math.ceil(len(e.train) / args.batch_size) for e in stream) * args.epochs
         print(f"Avalanche SplitFMNIST (seed 0) class-IL, {len(stream)} experiences, {n_steps} steps per pass, batch "
-              f"{args.batch_size}, {args.epochs} epoch(s), {args.threads} thread(s), {args.repeats} repeats; torch "
+              f"{args.batch_size}, {args.epochs} epoch(s), optimizer state {args.optimizer_state}, {args.threads} "
+              f"thread(s), {args.repeats} repeats; torch "
               f"{torch.__version__}", flush=True)
         sides = ("clbench", "avalanche", "avalanche-tensors")
         times: dict[tuple[str, str], list[float]] = {}
@@ -174,6 +204,8 @@ def main() -> None:
             for name in args.strategies:
                 avalanche_class, ours, theirs = PAIRS[name]
                 for side in sides:
+                    if side == "avalanche-tensors" and name in NO_TENSORS_SIDE:
+                        continue
                     if side == "clbench":
                         seconds, accuracy = timed_run(name, ours, args, stream, repeat)
                     elif side == "avalanche":
@@ -191,7 +223,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for name in args.strategies:
-        ours, theirs, tensors = (statistics.median(times[name, side]) for side in sides)
+        ours, theirs, tensors = (statistics.median(times.get((name, side), [math.nan])) for side in sides)
         acc_ours, acc_theirs = statistics.mean(accs[name, "clbench"]), statistics.mean(accs[name, "avalanche"])
         label = name if name != "joint" else "joint*"
         print(f"{label:<8} {ours:>9.2f} {theirs:>11.2f} {theirs / ours:>7.2f}x {tensors:>13.2f} "

@@ -59,20 +59,25 @@ from clbench.strategies.registry import register
 def herding(features: torch.Tensor, m: int) -> torch.Tensor:
     """Indices of the first `m` herding picks (in order) among the rows of `features` (n, d), which the caller has
     L2-normalised: p_k = argmin_x ‖μ − (x + Σ_{j<k} p_j) / k‖ over rows not yet picked, μ the mean row. Ties go to
-    the lowest index. At most n picks."""
+    the lowest index. At most n picks.
+
+    Expanded, k²‖μ − (x + S)/k‖² = ‖x‖² − 2k⟨μ, x⟩ + 2⟨S, x⟩ + (terms without x), with S the sum of the picks so far;
+    ⟨S, x⟩ for every x grows by one matrix-vector product per pick, so a step costs one pass over the features
+    instead of building the n × d differences (in float64, so that near-ties resolve as the direct formula does)."""
     n = len(features)
     m = min(m, n)
-    mu = features.mean(0)
-    total = torch.zeros_like(mu)
+    f = features.double()
+    base = f.pow(2).sum(1)
+    mu_x = f @ f.mean(0)
+    s_x = torch.zeros(n, dtype=f.dtype, device=f.device)
     free = torch.ones(n, dtype=torch.bool, device=features.device)
     picks = []
     for k in range(1, m + 1):
-        distance = torch.linalg.vector_norm(mu - (features + total) / k, dim=1)
-        distance = distance.masked_fill(~free, float("inf"))
-        best = int(torch.argmin(distance))
+        score = (base - 2 * k * mu_x + 2 * s_x).masked_fill(~free, float("inf"))
+        best = int(torch.argmin(score))
         picks.append(best)
         free[best] = False
-        total = total + features[best]
+        s_x += f @ f[best]
     return torch.tensor(picks, dtype=torch.long, device=features.device)
 
 
