@@ -63,6 +63,9 @@ def test_predict_shape_under_no_grad(name, request):
     stats = strategy.train_step(Batch(data.x[:16], data.y[:16], data.task[:16]))
     assert math.isfinite(stats["loss"])
     strategy.after_experience(exp)
+    # every method but fine-tuning keeps something beyond the model after an experience, and reports it
+    kept = strategy.state_bytes()
+    assert isinstance(kept, int) and (kept == 0 if name == "naive" else kept > 0)
     with torch.no_grad():
         logits = strategy.predict(stream[1].test.x[:7], 1 if scenario == "task" else None)
     assert logits.shape == (7, stream.spec.n_classes)

@@ -63,13 +63,14 @@ def herding(features: torch.Tensor, m: int) -> torch.Tensor:
 
     Expanded, k²‖μ − (x + S)/k‖² = ‖x‖² − 2k⟨μ, x⟩ + 2⟨S, x⟩ + (terms without x), with S the sum of the picks so far;
     ⟨S, x⟩ for every x grows by one matrix-vector product per pick, so a step costs one pass over the features
-    instead of building the n × d differences (in float64, so that near-ties resolve as the direct formula does)."""
+    instead of building the n × d differences. The products are taken in the features' dtype and summed in float64,
+    so that the sum's rounding does not grow with the number of picks."""
     n = len(features)
     m = min(m, n)
-    f = features.double()
-    base = f.pow(2).sum(1)
-    mu_x = f @ f.mean(0)
-    s_x = torch.zeros(n, dtype=f.dtype, device=f.device)
+    f = features
+    base = f.double().pow(2).sum(1)
+    mu_x = f.double() @ f.double().mean(0)
+    s_x = torch.zeros(n, dtype=torch.float64, device=f.device)
     free = torch.ones(n, dtype=torch.bool, device=features.device)
     picks = []
     for k in range(1, m + 1):
@@ -77,7 +78,7 @@ def herding(features: torch.Tensor, m: int) -> torch.Tensor:
         best = int(torch.argmin(score))
         picks.append(best)
         free[best] = False
-        s_x += f @ f[best]
+        s_x += (f @ f[best]).double()
     return torch.tensor(picks, dtype=torch.long, device=features.device)
 
 
