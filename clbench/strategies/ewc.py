@@ -26,24 +26,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from clbench.errors import UsageError
+from clbench.strategies._per_sample import linear_grad_sums, vmap_grad_sums
+from clbench.strategies._per_sample import only_linear_layers as _only_linear_layers
 from clbench.strategies.base import SGDStrategy, tensors_nbytes
 from clbench.strategies.registry import register
-
-
-def _only_linear_layers(model: nn.Module, params: dict) -> bool:
-    """True when every trainable parameter belongs to an nn.Linear (the MLP backbones); whether each layer is applied
-    once to 2-D inputs, the other condition of the closed form, is checked on the forward pass itself."""
-    owned = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            owned |= {f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
-        elif any(True for _ in module.parameters(recurse=False)):
-            return False
-    return owned == set(params)
 
 
 @register("ewc")
@@ -151,55 +139,23 @@ class EWC(SGDStrategy):
 
     def _squared_grad_sums_vmap(self, chunk, params) -> dict[str, torch.Tensor]:
         """Any model: per-sample gradients with torch.func (vmap over grad), squared and summed."""
-        model = self.model_
-        detached = {name: p.detach() for name, p in params.items()}
-        buffers = {name: b.detach() for name, b in model.named_buffers()}
-
-        def sample_loss(p, x, y, task):
-            logits = functional_call(model, (p, buffers), (x.unsqueeze(0),))
-            return F.cross_entropy(self.mask_logits(logits, task.unsqueeze(0)), y.unsqueeze(0))
-
         labels = self._fisher_targets(chunk)
-        grads = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))(detached, chunk.x, labels, chunk.task)
-        return {name: g.pow(2).sum(0) for name, g in grads.items()}
+
+        def sample_loss(logits, y, task):
+            return F.cross_entropy(self.mask_logits(logits, task), y)
+
+        return vmap_grad_sums(self.model_, params, sample_loss, (chunk.x, labels, chunk.task), torch.square)
 
     def _squared_grad_sums_linear(self, chunk) -> dict[str, torch.Tensor] | None:
-        """Models made of nn.Linear layers only (the MLPs): the per-sample gradient of a weight is the outer product
-        δ_i a_iᵀ, so Σ_i (δ_i a_iᵀ)² = (δ²)ᵀ(a²): one matmul per layer, never the N per-sample gradients (the
-        identity behind Goodfellow 2015, "Efficient per-example gradient computations"). None when a layer is not
-        applied exactly once to a 2-D input, where the identity does not hold."""
-        model = self.model_
-        layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-        inputs, outputs, calls = {}, {}, dict.fromkeys(layers, 0)
+        """Models made of nn.Linear layers only (the MLPs): Σ_i (δ_i a_iᵀ)² = (δ²)ᵀ(a²), one matmul per layer
+        (`_per_sample.linear_grad_sums`); None where the identity does not hold."""
 
-        def keep(name):
-            def hook(module, args, output):
-                inputs[name], outputs[name] = args[0], output
-                calls[name] += 1
+        def summed_loss(logits):
+            masked = self.mask_logits(logits, chunk.task)
+            labels = masked.detach().argmax(1) if self.fisher_labels == "predicted" else chunk.y
+            return F.cross_entropy(masked, labels, reduction="sum")
 
-            return hook
-
-        handles = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
-        try:
-            with torch.enable_grad():
-                logits = model(chunk.x)
-                if any(n != 1 for n in calls.values()) or any(a.dim() != 2 for a in inputs.values()):
-                    return None
-                # summed, not averaged: row i of d(loss)/d(output) is then exactly sample i's own gradient
-                masked = self.mask_logits(logits, chunk.task)
-                labels = masked.detach().argmax(1) if self.fisher_labels == "predicted" else chunk.y
-                loss = F.cross_entropy(masked, labels, reduction="sum")
-                deltas = torch.autograd.grad(loss, [outputs[name] for name in layers])
-        finally:
-            for handle in handles:
-                handle.remove()
-        sums = {}
-        for (name, layer), delta in zip(layers.items(), deltas, strict=True):
-            delta_sq = delta.pow(2)
-            sums[f"{name}.weight"] = delta_sq.T @ inputs[name].detach().pow(2)
-            if layer.bias is not None:
-                sums[f"{name}.bias"] = delta_sq.sum(0)
-        return sums
+        return linear_grad_sums(self.model_, chunk.x, summed_loss, torch.square)
 
     def _fisher_targets(self, chunk) -> torch.Tensor:
         if self.fisher_labels == "true":

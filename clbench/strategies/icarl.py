@@ -44,7 +44,6 @@ Differences, on purpose:
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import torch
@@ -52,6 +51,7 @@ import torch.nn.functional as F
 
 from clbench.benchmarks.base import TensorData
 from clbench.errors import UsageError
+from clbench.strategies._teacher import FrozenTeacher
 from clbench.strategies.base import MASKED_LOGIT, SGDStrategy, tensors_nbytes
 from clbench.strategies.registry import register
 
@@ -97,7 +97,7 @@ def icarl_loss(logits: torch.Tensor, y: torch.Tensor, old_units: torch.Tensor, t
 
 
 @register("icarl")
-class ICaRL(SGDStrategy):
+class ICaRL(FrozenTeacher, SGDStrategy):
     """Exemplars chosen by herding within a total of `memory_size`, a sigmoid BCE with distillation from the previous
     model, and nearest-mean-of-exemplars prediction (`classifier` "nme"; "head": the network's own outputs)."""
 
@@ -198,15 +198,6 @@ class ICaRL(SGDStrategy):
         return self.mask_logits(scores, task_id)
 
     # -- state -------------------------------------------------------------------------------------------------------
-    def _new_teacher(self) -> torch.nn.Module:
-        return copy.deepcopy(self.model_).eval().requires_grad_(False)
-
-    def load_checkpoint_state(self, state):
-        # the teacher exists only after the first experience: give the fresh strategy one to load the weights into
-        if state.get("teacher_") is not None and self.teacher_ is None:
-            self.teacher_ = self._new_teacher()
-        super().load_checkpoint_state(state)
-
     def state_bytes(self):
         held = sum(d.nbytes for d in self.exemplars_.values()) + tensors_nbytes(self.class_means_)
         if self.teacher_ is not None:

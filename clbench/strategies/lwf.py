@@ -30,13 +30,13 @@ Avalanche's deep copy keeps the training mode of the model it copies.
 
 from __future__ import annotations
 
-import copy
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from clbench.errors import UsageError
+from clbench.strategies._teacher import FrozenTeacher
 from clbench.strategies.base import SGDStrategy, tensors_nbytes
 from clbench.strategies.registry import register
 
@@ -49,7 +49,7 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temper
 
 
 @register("lwf")
-class LwF(SGDStrategy):
+class LwF(FrozenTeacher, SGDStrategy):
     """Distils the previous model's outputs on the old units into the current model (`alpha` weighs the term,
     `temperature` softens both distributions; `weighting` "equal" sums the groups' terms, "by_task" takes their
     mean times the number of finished experiences; `units` "old" or "all" output units in class-IL)."""
@@ -94,16 +94,6 @@ class LwF(SGDStrategy):
         else:
             seen = units if not self.old_units_ else torch.cat([self.old_units_[0], units])
             self.old_units_ = [torch.unique(seen)]
-
-    def _new_teacher(self) -> torch.nn.Module:
-        return copy.deepcopy(self.model_).eval().requires_grad_(False)
-
-    def load_checkpoint_state(self, state):
-        # The teacher is created after the first experience, so a freshly set-up LwF has none to load the saved
-        # weights into: give it one of the model's structure first.
-        if state.get("teacher_") is not None and self.teacher_ is None:
-            self.teacher_ = self._new_teacher()
-        super().load_checkpoint_state(state)
 
     def state_bytes(self):
         if self.teacher_ is None:

@@ -39,9 +39,10 @@ import math
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, vmap
 
 from clbench.errors import UsageError
+from clbench.strategies._per_sample import linear_grad_sums, quadratic_penalty, vmap_grad_sums
+from clbench.strategies._per_sample import only_linear_layers as _only_linear_layers
 from clbench.strategies.base import SGDStrategy, tensors_nbytes
 from clbench.strategies.registry import register
 
@@ -75,10 +76,7 @@ class MAS(SGDStrategy):
     def penalty(self, batch, features, logits):
         if self.importance_ is None:
             return None
-        total = logits.new_zeros(())
-        for name, p in self._params().items():
-            total = total + (self.importance_[name] * (p - self.anchor_[name]).pow(2)).sum()
-        return self.mas_lambda * total
+        return self.mas_lambda * quadratic_penalty(self._params(), self.importance_, self.anchor_, logits)
 
     def after_experience(self, exp):
         new = self.importance(exp.train)
@@ -120,65 +118,19 @@ class MAS(SGDStrategy):
 
     def _abs_grad_sums_vmap(self, x, task, params) -> dict[str, torch.Tensor]:
         """Any model: Σ_k |g_k| from per-sample gradients (torch.func vmap over grad)."""
-        model = self.model_
-        detached = {name: p.detach() for name, p in params.items()}
-        buffers = {name: b.detach() for name, b in model.named_buffers()}
 
-        def squared_norm(p, xk, tk):
-            logits = functional_call(model, (p, buffers), (xk.unsqueeze(0),))
-            return self.output(logits, tk.unsqueeze(0)).pow(2).sum()
+        def squared_norm(logits, t):
+            return self.output(logits, t).pow(2).sum()
 
-        grads = vmap(grad(squared_norm), in_dims=(None, 0, 0))(detached, x, task)
-        return {name: g.abs().sum(0) for name, g in grads.items()}
+        return vmap_grad_sums(self.model_, params, squared_norm, (x, task), torch.abs)
 
     def _abs_grad_sums_linear(self, x, task) -> dict[str, torch.Tensor] | None:
-        """Models made of nn.Linear layers only: sample k's weight gradient is δ_k a_kᵀ, so Σ_k |δ_k a_kᵀ| =
-        |δ|ᵀ|a| (one matmul per layer, never the N per-sample gradients). None when a layer is not applied exactly
-        once to a 2-D input, where the identity does not hold."""
-        model = self.model_
-        layers = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
-        inputs, outputs, calls = {}, {}, dict.fromkeys(layers, 0)
-
-        def keep(name):
-            def hook(module, args, output):
-                inputs[name], outputs[name] = args[0], output
-                calls[name] += 1
-
-            return hook
-
-        handles = [m.register_forward_hook(keep(name)) for name, m in layers.items()]
-        try:
-            with torch.enable_grad():
-                logits = model(x)
-                if any(n != 1 for n in calls.values()) or any(a.dim() != 2 for a in inputs.values()):
-                    return None
-                # a sum over samples: row k of the gradient at a layer's output is then exactly sample k's own
-                loss = self.output(logits, task).pow(2).sum()
-                deltas = torch.autograd.grad(loss, [outputs[name] for name in layers])
-        finally:
-            for handle in handles:
-                handle.remove()
-        sums = {}
-        for (name, layer), delta in zip(layers.items(), deltas, strict=True):
-            delta_abs = delta.abs()
-            sums[f"{name}.weight"] = delta_abs.T @ inputs[name].detach().abs()
-            if layer.bias is not None:
-                sums[f"{name}.bias"] = delta_abs.sum(0)
-        return sums
+        """Models made of nn.Linear layers only: Σ_k |δ_k a_kᵀ| = |δ|ᵀ|a|, one matmul per layer
+        (`_per_sample.linear_grad_sums`); None where the identity does not hold."""
+        return linear_grad_sums(self.model_, x, lambda logits: self.output(logits, task).pow(2).sum(), torch.abs)
 
     def state_bytes(self):
         if self.importance_ is None:
             return 0
         return tensors_nbytes(*self.importance_.values(), *self.anchor_.values())
 
-
-def _only_linear_layers(model: nn.Module, params: dict) -> bool:
-    """True when every trainable parameter belongs to an nn.Linear (the MLP backbones); whether each layer is applied
-    once to a 2-D input, the identity's other condition, is checked on the forward pass itself."""
-    owned = set()
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear):
-            owned |= {f"{name}.{p}" for p, _ in module.named_parameters(recurse=False)}
-        elif any(True for _ in module.parameters(recurse=False)):
-            return False
-    return owned == set(params)

@@ -47,6 +47,7 @@ import math
 import torch
 
 from clbench.errors import UsageError
+from clbench.strategies._per_sample import quadratic_penalty
 from clbench.strategies.base import SGDStrategy, tensors_nbytes
 from clbench.strategies.registry import register
 
@@ -90,10 +91,7 @@ class SI(SGDStrategy):
     def penalty(self, batch, features, logits):
         if self.importance_ is None:
             return None
-        total = logits.new_zeros(())
-        for name, p in self._params().items():
-            total = total + (self.importance_[name] * (p - self.anchor_[name]).pow(2)).sum()
-        return self.si_lambda * total
+        return self.si_lambda * quadratic_penalty(self._params(), self.importance_, self.anchor_, logits)
 
     @torch.no_grad()
     def after_update(self):
