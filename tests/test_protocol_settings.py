@@ -257,6 +257,15 @@ def test_sweep_files_take_the_settings_and_check_their_types():
 def test_avalanche_plugin_refuses_what_its_loop_cannot_follow(digits_class):
     pytest.importorskip("avalanche")
     from clbench.avalanche import ClbenchPlugin
+    from clbench.avalanche.plugin import avalanche_train_data
 
     with pytest.raises(UsageError, match="computes its own task loss"):
         ClbenchPlugin(make_strategy("replay", {"loss_weighting": "by_task"}), spec=digits_class.spec)
+    for mode in ("incremental", "offline"):
+        joint = ready("joint", digits_class, {"mode": mode})
+        joint.before_experience(digits_class[0])
+        if mode == "offline":  # its budget (none now, T times later) is not one Avalanche's loop can follow
+            with pytest.raises(UsageError, match="training budget of its own"):
+                avalanche_train_data(joint, digits_class[0])
+        else:
+            assert len(avalanche_train_data(joint, digits_class[0])) == len(digits_class[0].train)

@@ -29,6 +29,18 @@ from clbench.strategies import SGDStrategy, Strategy, make_strategy
 from clbench.strategies.base import TrainConfig, classifier_head
 
 
+def avalanche_train_data(strategy: Strategy, exp) -> TensorData:
+    """What `strategy` trains on in experience `exp` inside Avalanche's loop: its `train_data`, several sources joined
+    into one (equal shares per source need clbench's mini-batches). A strategy that sets a budget of its own for the
+    experience (`experience_train`) is refused: Avalanche's loop trains every experience for its own epochs."""
+    if strategy.experience_train(exp) != strategy.train_config_:
+        raise UsageError(f"strategy {strategy.name!r} with these hyperparameters sets a training budget of its own "
+                         "per experience (e.g. joint mode='offline'), which Avalanche's loop does not follow; run it "
+                         "with clbench's runner instead")
+    data = strategy.train_data(exp)
+    return TensorData.concat(data) if isinstance(data, list) else data
+
+
 def resolve_strategy(strategy: Strategy | str, params: dict | None) -> Strategy:
     if isinstance(strategy, str):
         return make_strategy(strategy, params or {})
@@ -80,15 +92,9 @@ class ClbenchPlugin(SupervisedPlugin):
             self._ready = True
         self._exp = experience_from_avalanche(strategy.experience)
         self.strategy.before_experience(self._exp)
-        if self.strategy.experience_train(self._exp) != self.strategy.train_config_:
-            raise UsageError(f"strategy {self.strategy.name!r} with these hyperparameters sets a training budget of "
-                             "its own per experience (e.g. joint mode='offline'), which Avalanche's loop does not "
-                             "follow; run it with clbench's runner instead")
 
     def after_train_dataset_adaptation(self, strategy, **kwargs):
-        data = self.strategy.train_data(self._exp)
-        if isinstance(data, list):  # equal shares per source need clbench's mini-batches; Avalanche gets the union
-            data = TensorData.concat(data)
+        data = avalanche_train_data(self.strategy, self._exp)
         if data is not self._exp.train:  # the method trains on more than the experience (joint: all seen so far)
             strategy.adapted_dataset = tensor_dataset(data, data.task).train()
 

@@ -15,10 +15,10 @@ from avalanche.training.plugins.evaluation import default_evaluator
 from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 
-from clbench.avalanche.plugin import resolve_strategy
+from clbench.avalanche.plugin import avalanche_train_data, resolve_strategy
 from clbench.avalanche.streams import experience_from_avalanche, spec_from_avalanche, tensor_dataset
 from clbench.benchmarks.backbones import build_backbone
-from clbench.benchmarks.base import Batch, StreamSpec, TensorData
+from clbench.benchmarks.base import Batch, StreamSpec
 from clbench.errors import UsageError
 from clbench.strategies import Strategy
 from clbench.strategies.base import TrainConfig
@@ -66,13 +66,7 @@ class ClbenchStrategy(SupervisedTemplate):
     def train_dataset_adaptation(self, **kwargs):
         self._exp = experience_from_avalanche(self.experience)
         self.clbench.before_experience(self._exp)
-        if self.clbench.experience_train(self._exp) != self.clbench.train_config_:
-            raise UsageError(f"strategy {self.clbench.name!r} with these hyperparameters sets a training budget of "
-                             f"its own per experience (e.g. joint mode='offline'), which Avalanche's loop does not "
-                             f"follow; run it with clbench's runner instead")
-        data = self.clbench.train_data(self._exp)
-        if isinstance(data, list):  # equal shares per source need clbench's mini-batches; Avalanche gets the union
-            data = TensorData.concat(data)
+        data = avalanche_train_data(self.clbench, self._exp)
         # Keep Avalanche's dataset (and its train transforms) unless the method trains on more (joint).
         self.adapted_dataset = (self.experience.dataset if data is self._exp.train
                                 else tensor_dataset(data, data.task)).train()

@@ -5,7 +5,17 @@ package stays cheap for code that only needs the data model.
 """
 
 from .backbones import MLP, Backbone, ReducedResNet18, build_backbone
-from .base import SCENARIOS, Batch, Experience, Stream, StreamSpec, TensorData, TransformedTensorData
+from .base import (
+    SCENARIOS,
+    Batch,
+    Experience,
+    Stream,
+    StreamSpec,
+    TensorData,
+    TransformedTensorData,
+    batch_slices,
+    batches_per_pass,
+)
 from .datasets import DATASETS, Dataset, default_data_root, load_dataset
 from .generators import (
     permuted_stream,
@@ -22,6 +32,8 @@ __all__ = [
     "SCENARIOS",
     "Backbone",
     "Batch",
+    "batch_slices",
+    "batches_per_pass",
     "BenchmarkInfo",
     "Dataset",
     "Experience",

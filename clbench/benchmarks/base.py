@@ -9,6 +9,7 @@ units). See METRICS in the docs for the definitions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -77,6 +78,18 @@ class TransformedTensorData(TensorData):
     def nbytes(self) -> int:
         per_sample = self.source[:1].numel() * 4 + 2 * 8  # float32 inputs once transformed, int64 label and task
         return len(self) * per_sample
+
+
+def batch_slices(order: torch.Tensor, size: int, drop_last: bool = False) -> list[torch.Tensor]:
+    """One pass's mini-batch indices: consecutive slices of `order`; with `drop_last` the short last one is dropped,
+    unless it is the pass's only one (fewer samples than a batch)."""
+    stop = len(order) - len(order) % size if drop_last and len(order) >= size else len(order)
+    return [order[start : start + size] for start in range(0, stop, size)]
+
+
+def batches_per_pass(n: int, size: int, drop_last: bool = False) -> int:
+    """How many mini-batches `batch_slices` cuts from a pass over `n` samples."""
+    return n // size if drop_last and n >= size else math.ceil(n / size)
 
 
 @dataclass(frozen=True)

@@ -75,9 +75,7 @@ LOWER_IS_BETTER = frozenset({"forgetting", "train_s", "eval_s", "peak_rss_mb", "
 #: Recorded settings that do not change a result: left out when two configurations' settings are compared.
 IGNORED_SETTINGS = frozenset({"eval_batch_size"})
 #: Plain settings columns a summary may carry instead of the runs table's train_config JSON.
-SETTINGS_COLUMNS = ["optimizer", "optimizer_state", "lr", "momentum", "weight_decay", "batch_size", "drop_last",
-                    "epochs", "iterations", "backbone", "normalize", "class_order", "n_experiences", "train_subset",
-                    "test_subset", "eval_every"]
+SETTINGS_COLUMNS = [c for c in tables.SETTINGS_COLUMNS if c != "stream_seed"]  # stream_seed pairs runs instead
 
 
 @dataclass

@@ -7,6 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from clbench.metrics.tables import RECORDED_LATER
 from clbench.strategies.base import TrainConfig
 
 # Hyperparameters added after runs were recorded: left out of the canonical config while at these defaults, so the
@@ -17,9 +18,9 @@ LATER_DEFAULTS = {
     "lwf": {"weighting": "equal", "units": "old"},
     "replay": {"loss_weighting": "concat", "per_class": None},
 }
-# Runner settings added later, likewise left out at these defaults (TrainConfig fields).
-LATER_TRAIN_DEFAULTS = {"iterations": None, "optimizer_state": "reset", "normalize": "standardize",
-                        "drop_last": False}
+# Runner settings added later, likewise left out at these defaults (TrainConfig fields); the tables read the same
+# defaults into an older folder's settings columns.
+LATER_TRAIN_DEFAULTS = {"iterations": None, **RECORDED_LATER}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clbench.benchmarks import Batch, Stream, TensorData, build_backbone
+from clbench.benchmarks import Batch, Stream, TensorData, batch_slices, batches_per_pass, build_backbone
 from clbench.runners.checkpoint import SavedRun, load_checkpoint, save_checkpoint, warn_ignored
 from clbench.runners.config import RunConfig
 from clbench.runners.memory import peak_rss_mb, reset_peak_rss
@@ -97,7 +97,7 @@ def minibatches(data: TensorData | list[TensorData], cfg: TrainConfig,
     left = cfg.iterations
     for _ in range(cfg.epochs) if left is None else itertools.count():
         order = torch.randperm(len(data), generator=order_generator).to(data.x.device)
-        for idx in _chunks(order, cfg.batch_size, cfg.drop_last):
+        for idx in batch_slices(order, cfg.batch_size, cfg.drop_last):
             if left is not None:
                 if left == 0:
                     return
@@ -105,25 +105,19 @@ def minibatches(data: TensorData | list[TensorData], cfg: TrainConfig,
             yield Batch(data.x[idx], data.y[idx], data.task[idx])
 
 
-def _chunks(order: torch.Tensor, size: int, drop_last: bool) -> list[torch.Tensor]:
-    """One pass's mini-batch indices: consecutive slices of `order`, the short last one dropped on request."""
-    stop = len(order) - len(order) % size if drop_last and len(order) >= size else len(order)
-    return [order[start : start + size] for start in range(0, stop, size)]
-
-
 def _stratified_minibatches(sources: list[TensorData], cfg: TrainConfig,
                             order_generator: torch.Generator) -> Iterator[Batch]:
     share = math.ceil(cfg.batch_size / len(sources))
     steps = cfg.iterations
     if steps is None:
-        steps = cfg.epochs * len(_chunks(torch.arange(sum(len(d) for d in sources)), cfg.batch_size, cfg.drop_last))
+        steps = cfg.epochs * batches_per_pass(sum(len(d) for d in sources), cfg.batch_size, cfg.drop_last)
     pending: list[list[torch.Tensor]] = [[] for _ in sources]
     for _ in range(steps):
         parts = []
         for data, queue in zip(sources, pending, strict=True):
             if not queue:  # this source's pass is used up: start a new, reshuffled one
                 order = torch.randperm(len(data), generator=order_generator).to(data.x.device)
-                queue.extend(reversed(_chunks(order, share, cfg.drop_last)))
+                queue.extend(reversed(batch_slices(order, share, cfg.drop_last)))
             parts.append(data.subset(queue.pop()))
         batch = TensorData.concat(parts)
         yield Batch(batch.x, batch.y, batch.task)

@@ -52,16 +52,13 @@ class EpisodicGradientStrategy(SGDStrategy):
         return tensors_nbytes(self.memory_.x, self.memory_.y, self.memory_.task)
 
     # flat gradients ---------------------------------------------------------------------------------------------------
-    def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model_.parameters() if p.requires_grad]
-
     def current_gradient(self) -> torch.Tensor:
         """The parameters' `.grad` as one flat vector (zeros for parameters without a gradient)."""
-        params = self.trainable_parameters()
+        params = list(self.trainable_parameters().values())
         return _flatten([p.grad for p in params], params)
 
     def set_gradient(self, flat: torch.Tensor) -> None:
-        params = self.trainable_parameters()
+        params = list(self.trainable_parameters().values())
         for p, chunk in zip(params, flat.split([p.numel() for p in params]), strict=True):
             if p.grad is None:
                 p.grad = chunk.view_as(p).clone()
@@ -70,7 +67,7 @@ class EpisodicGradientStrategy(SGDStrategy):
 
     def memory_gradient(self, data: TensorData) -> torch.Tensor:
         """Flat gradient of the (task-masked) mean cross-entropy on `data`, leaving every `.grad` untouched."""
-        params = self.trainable_parameters()
+        params = list(self.trainable_parameters().values())
         self.model_.train()
         _, logits = self.forward(data.x)
         loss = self.task_loss(logits, Batch(data.x, data.y, data.task))

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clbench.benchmarks.backbones import NORMALIZE
 from clbench.benchmarks.base import SCENARIOS, Batch, Experience, StreamSpec, TensorData
 from clbench.errors import UsageError
 
@@ -77,7 +78,7 @@ class TrainConfig:
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UsageError(f"weight-decay must be finite and >= 0, got {self.weight_decay}")
         for name, choices in (("optimizer", ("adam", "sgd")), ("optimizer_state", ("keep", "reset")),
-                              ("normalize", ("none", "standardize"))):
+                              ("normalize", tuple(sorted(NORMALIZE)))):
             if getattr(self, name) not in choices:
                 raise UsageError(f"unknown {name.replace('_', '-')} {getattr(self, name)!r}; "
                                  f"valid choices: {', '.join(choices)}")
@@ -448,8 +449,13 @@ class SGDStrategy(Strategy):
         super().setup(spec, model, train=train, seed=seed, device=device)
         self.optimizer_ = self.make_optimizer()
 
+    def trainable_parameters(self) -> dict[str, nn.Parameter]:
+        """The model's parameters that train (requires_grad), by name: what the optimizer and the importance-based
+        penalties (EWC, MAS, SI) cover."""
+        return {name: p for name, p in self.model_.named_parameters() if p.requires_grad}
+
     def make_optimizer(self) -> torch.optim.Optimizer:
-        return make_optimizer([p for p in self.model_.parameters() if p.requires_grad], self.train_config_)
+        return make_optimizer(list(self.trainable_parameters().values()), self.train_config_)
 
     def before_experience(self, exp):
         # optimizer_state="reset": momentum and Adam moments from the previous task must not push the new one;

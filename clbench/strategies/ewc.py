@@ -89,7 +89,7 @@ class EWC(SGDStrategy):
 
     def after_experience(self, exp):
         fisher = self.empirical_fisher(exp.train)
-        anchor = {name: p.detach().clone() for name, p in self.model_.named_parameters() if p.requires_grad}
+        anchor = {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
         if self.mode == "online" and self.importances_:
             previous = self.importances_[0]
             fisher = {name: self.decay_factor * previous[name] + f for name, f in fisher.items()}
@@ -121,7 +121,7 @@ class EWC(SGDStrategy):
         model = self.model_
         was_training = model.training
         model.eval()  # batch-norm statistics must not depend on which samples share a chunk
-        params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        params = self.trainable_parameters()
         fisher = {name: torch.zeros_like(p) for name, p in params.items()}
         data = data.to(self.device_)
         exact_for_linear = _only_linear_layers(model, params)

@@ -59,6 +59,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from clbench.benchmarks.base import batch_slices
 from clbench.errors import UsageError
 from clbench.strategies import _supermask as sm
 from clbench.strategies.base import Strategy, tensors_nbytes
@@ -216,10 +217,7 @@ class ExSSNeT(Strategy):
         try:
             for _ in range(epochs):
                 order = torch.randperm(len(data), generator=self.generator_).to(self.device_)
-                # drop_last as the runner's mini-batches do: a final short batch goes, unless it is the only one
-                full = len(data) - len(data) % cfg.batch_size if cfg.drop_last else 0
-                for start in range(0, full or len(data), cfg.batch_size):
-                    idx = order[start : start + cfg.batch_size]
+                for idx in batch_slices(order, cfg.batch_size, cfg.drop_last):  # as the runner's mini-batches
                     optimizer.zero_grad(set_to_none=True)
                     logits = sm.masked_forward(self.model_, float_mask, data.x[idx])
                     loss = F.cross_entropy(self.mask_logits(logits, data.task[idx]), data.y[idx])

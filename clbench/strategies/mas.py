@@ -38,7 +38,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
 from clbench.errors import UsageError
 from clbench.strategies._per_sample import linear_grad_sums, quadratic_penalty, vmap_grad_sums
@@ -70,13 +69,10 @@ class MAS(SGDStrategy):
         self.importance_: dict[str, torch.Tensor] | None = None  # Ω, after the first experience
         self.anchor_: dict[str, torch.Tensor] | None = None  # θ*
 
-    def _params(self) -> dict[str, nn.Parameter]:
-        return {name: p for name, p in self.model_.named_parameters() if p.requires_grad}
-
     def penalty(self, batch, features, logits):
         if self.importance_ is None:
             return None
-        return self.mas_lambda * quadratic_penalty(self._params(), self.importance_, self.anchor_, logits)
+        return self.mas_lambda * quadratic_penalty(self.trainable_parameters(), self.importance_, self.anchor_, logits)
 
     def after_experience(self, exp):
         new = self.importance(exp.train)
@@ -85,7 +81,7 @@ class MAS(SGDStrategy):
         else:
             self.importance_ = {name: self.alpha * old + (1 - self.alpha) * new[name]
                                 for name, old in self.importance_.items()}
-        self.anchor_ = {name: p.detach().clone() for name, p in self._params().items()}
+        self.anchor_ = {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
 
     # -- importance ------------------------------------------------------------------------------------------------
     def output(self, logits: torch.Tensor, task: torch.Tensor) -> torch.Tensor:
@@ -99,7 +95,7 @@ class MAS(SGDStrategy):
         model = self.model_
         was_training = model.training
         model.eval()  # a sample's gradient must not depend on which samples share its chunk
-        params = self._params()
+        params = self.trainable_parameters()
         total = {name: torch.zeros_like(p) for name, p in params.items()}
         data = data.to(self.device_)
         exact_for_linear = _only_linear_layers(model, params)

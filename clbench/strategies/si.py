@@ -74,16 +74,13 @@ class SI(SGDStrategy):
         self.omega_: dict[str, torch.Tensor] = {n: torch.zeros_like(p) for n, p in self.anchor_.items()}  # ω
         self.previous_: dict[str, torch.Tensor] = self._snapshot()  # the parameters before the coming step
 
-    def _params(self) -> dict[str, torch.nn.Parameter]:
-        return {name: p for name, p in self.model_.named_parameters() if p.requires_grad}
-
     def _snapshot(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach().clone() for name, p in self._params().items()}
+        return {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
 
     def before_experience(self, exp):
         super().before_experience(exp)
         with torch.no_grad():
-            for name, p in self._params().items():
+            for name, p in self.trainable_parameters().items():
                 self.anchor_[name].copy_(p)
                 self.previous_[name].copy_(p)
                 self.omega_[name].zero_()
@@ -91,12 +88,12 @@ class SI(SGDStrategy):
     def penalty(self, batch, features, logits):
         if self.importance_ is None:
             return None
-        return self.si_lambda * quadratic_penalty(self._params(), self.importance_, self.anchor_, logits)
+        return self.si_lambda * quadratic_penalty(self.trainable_parameters(), self.importance_, self.anchor_, logits)
 
     @torch.no_grad()
     def after_update(self):
         """ω −= g·Δθ for the step just taken, g the task loss's gradient at the parameters before it."""
-        for name, p in self._params().items():
+        for name, p in self.trainable_parameters().items():
             before = self.previous_[name]
             if p.grad is not None:
                 grad = p.grad
@@ -107,7 +104,7 @@ class SI(SGDStrategy):
 
     @torch.no_grad()
     def after_experience(self, exp):
-        params = self._params()
+        params = self.trainable_parameters()
         if self.importance_ is None:
             self.importance_ = {name: torch.zeros_like(p) for name, p in params.items()}
         for name, p in params.items():
