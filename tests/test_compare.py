@@ -90,6 +90,19 @@ def test_no_difference_gives_zero_and_nan_p():
     assert math.isnan(stats.ttest_rel(list(REF.values()), list(REF.values())).pvalue)  # scipy agrees
 
 
+def test_differences_equal_up_to_float_rounding_have_no_t_test():
+    """The reference leaderboard's case: 0.1998 − 0.1999 on three seeds is −0.0001 up to rounding (1e-17 apart).
+    scipy's t-test would give p ≈ 1e-26 on that noise; one difference, repeated, has no spread to test."""
+    other, ref = [0.1998, 0.1998, 0.1998], [0.1999, 0.19990000000000002, 0.1999]
+    d = np.subtract(other, ref)
+    assert 0 < np.ptp(d) < 1e-15 and stats.ttest_rel(other, ref).pvalue < 1e-10  # what the test would have said
+    row = paired_stats(other, ref)
+    assert row["test"] == "none (zero variance)" and math.isnan(row["p_value"]) and math.isnan(row["ci_low"])
+    assert row["diff_mean"] == pytest.approx(-0.0001)
+    spread = paired_stats([0.1998, 0.1997, 0.1998], ref)  # one sample in 10 000 apart is a real spread
+    assert spread["test"] == "paired t" and 0 < spread["p_value"] < 1
+
+
 def test_paired_stats_small_samples():
     one = paired_stats([0.6], [0.5])
     assert one["n_pairs"] == 1 and one["diff_mean"] == pytest.approx(0.1) and one["test"] == "none (n_pairs < 2)"

@@ -104,6 +104,7 @@ def test_ci95_is_the_t_half_width_over_seeds():
 
 
 def test_settings_are_parsed_from_train_config_and_damaged_ones_give_nan():
+    # runs "b" were recorded before eval_every and class_order existed: they read as the values they trained with
     old = {k: v for k, v in TRAIN.items() if k not in ("iterations", "eval_every", "backbone", "class_order")}
     runs = pd.DataFrame([run_row("a", 0), run_row("b", 0, train=old), run_row("c", 0), run_row("d", 0)])
     runs.loc[2, "train_config"] = "not json {"
@@ -113,7 +114,8 @@ def test_settings_are_parsed_from_train_config_and_damaged_ones_give_nan():
     assert s.loc[0, ["optimizer", "lr", "momentum", "batch_size", "epochs", "train_subset", "class_order"]].tolist() \
         == ["sgd", 0.05, 0.9, 32, 1, 100, "seeded"]
     assert math.isnan(s.loc[0, "iterations"]) and pd.isna(s.loc[0, "backbone"]) and s.loc[0, "eval_every"] == 1
-    assert s.loc[1, "epochs"] == 1 and math.isnan(s.loc[1, "eval_every"]) and pd.isna(s.loc[1, "class_order"])
+    assert s.loc[1, "epochs"] == 1 and s.loc[1, "eval_every"] == 1 and s.loc[1, "class_order"] == "seeded"
+    assert math.isnan(s.loc[1, "iterations"]) and pd.isna(s.loc[1, "backbone"])
     for i in (2, 3):  # not JSON, not an object: every setting NaN, except stream_seed (a runs column)
         assert s.loc[i, SETTINGS_COLUMNS[:-1]].isna().all() and s.loc[i, "stream_seed"] == 0
     board = leaderboard(pd.DataFrame(columns=SUMMARY_COLUMNS), runs.assign(status="failed"))

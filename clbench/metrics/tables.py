@@ -55,7 +55,7 @@ COSTS_COLUMNS = ["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"
 #: The runner's settings as plain columns of the summary and the leaderboard, so that two configurations that differ
 #: only in them (1 vs 5 epochs) are told apart by more than their config_id. All but stream_seed are read from the
 #: runs table's train_config JSON (RunConfig.settings); a key an older folder did not record is NaN, except the
-#: settings of RECORDED_LATER.
+#: settings of SETTINGS_RECORDED_LATER.
 SETTINGS_COLUMNS = [
     "optimizer", "optimizer_state", "lr", "momentum", "weight_decay", "batch_size", "drop_last", "epochs",
     "iterations", "backbone", "normalize", "class_order", "train_subset", "test_subset", "eval_every",
@@ -66,6 +66,8 @@ _BOOL_SETTINGS = {"drop_last"}
 #: Settings added after runs were recorded, with the value every run recorded before them trained with: a
 #: train_config object without the key reads as that value (the run ids of such runs are unchanged, too).
 RECORDED_LATER = {"optimizer_state": "reset", "normalize": "standardize", "drop_last": False}
+#: The same for the run-level settings of RunConfig.settings (RunConfig.canonical leaves them out at these values).
+SETTINGS_RECORDED_LATER = {**RECORDED_LATER, "eval_every": 1, "class_order": "seeded"}
 SUMMARY_COLUMNS = [
     "run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed", *SETTINGS_COLUMNS,
     "acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb",
@@ -141,8 +143,8 @@ def settings_of(runs_df: pd.DataFrame) -> pd.DataFrame:
     for name in SETTINGS_COLUMNS:
         if name == "stream_seed":  # a runs column of its own, not part of train_config
             raw = runs_df["stream_seed"].tolist() if name in runs_df.columns else [None] * len(runs_df)
-        elif name in RECORDED_LATER:
-            raw = [p.get(name, RECORDED_LATER[name]) if p else None for p in parsed]
+        elif name in SETTINGS_RECORDED_LATER:
+            raw = [p.get(name, SETTINGS_RECORDED_LATER[name]) if p else None for p in parsed]
         else:
             raw = [p.get(name) for p in parsed]
         if name in _STRING_SETTINGS:

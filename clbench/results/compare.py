@@ -95,6 +95,11 @@ class Comparison:
 # the statistics
 
 
+#: Paired differences closer than this are one difference: far below any metric's resolution (one sample in 10^9),
+#: far above float rounding (~1e-16).
+SAME_DIFFERENCE_ATOL = 1e-12
+
+
 def paired_stats(other, reference, confidence: float = CONFIDENCE) -> dict:
     """The paired statistics of two equally long arrays whose i-th entries are a pair (the same seed).
 
@@ -108,6 +113,8 @@ def paired_stats(other, reference, confidence: float = CONFIDENCE) -> dict:
       no pair, the single difference with one);
     - "none (zero variance)": every difference is the same (identical values included), so s = 0 and the t statistic
       d̄ / (s/√n) is 0/0 or ±∞: no t-distribution describes it, and CI and p are NaN. diff_mean is that difference.
+      "The same" allows float rounding (SAME_DIFFERENCE_ATOL): accuracies 0.1998 and 0.1999 of three seeds differ by
+      −0.0001 up to 1e-17, and a t-test on that rounding noise would call one test sample in 10 000 significant.
     """
     other = np.asarray(other, dtype=float)
     reference = np.asarray(reference, dtype=float)
@@ -124,7 +131,7 @@ def paired_stats(other, reference, confidence: float = CONFIDENCE) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             out["p_wilcoxon"] = float(stats.wilcoxon(other, reference).pvalue)
-    if np.all(d == d[0]):
+    if np.ptp(d) <= SAME_DIFFERENCE_ATOL:
         return out | {"test": "none (zero variance)"}
     sem = float(d.std(ddof=1)) / math.sqrt(n)
     low, high = stats.t.interval(confidence, n - 1, loc=out["diff_mean"], scale=sem)
@@ -269,7 +276,8 @@ def _settings_of(summary: pd.DataFrame) -> dict[str, dict]:
             except ValueError:
                 parsed = None
             # a run recorded before a later setting existed trained with its default
-            settings = {**tables.RECORDED_LATER, **parsed} if isinstance(parsed, dict) else {"train_config": text}
+            later = tables.SETTINGS_RECORDED_LATER
+            settings = {**later, **parsed} if isinstance(parsed, dict) else {"train_config": text}
         elif plain:
             settings = {c: row[c] for c in plain}
         settings = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in settings.items()
