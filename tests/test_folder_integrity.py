@@ -404,3 +404,31 @@ def test_one_and_two_workers_write_the_same_bytes(tmp_path, capsys):
     summary = pd.read_csv(tmp_path / "w2" / "summary.csv")
     keys = ["benchmark", "scenario", "strategy", "config_id", "seed"]
     assert summary[keys].equals(summary[keys].sort_values(keys, ignore_index=True))
+
+
+def test_merging_folders_adds_the_missing_runs_and_equals_one_folder_of_them_all(tiny_folder, tmp_path, capsys):
+    """scripts/merge_folders.py: seeds {0, 1} (tables only, as an older folder) + {1, 2} gives the tables of one
+    folder that ran seeds {0, 1, 2}; the run both held is kept once."""
+    dest, other, whole = tmp_path / "dest", tmp_path / "other", tmp_path / "whole"
+    shutil.copytree(tiny_folder, dest)
+    (dest / ResultStore.JOURNAL).unlink()  # a folder from before the journal: its tables are the record
+    assert main(["run", *TINY, "--seeds", "1", "2", "--no-plots", "--out", str(other)]) == 0
+    assert main(["run", *TINY, "--seeds", "0", "1", "2", "--no-plots", "--out", str(whole)]) == 0
+    script = [sys.executable, str(ROOT / "scripts" / "merge_folders.py")]
+    done = subprocess.run([*script, str(dest), str(other)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("1 runs added") and "holds 3 runs" in done.stdout
+    for name in ("runs", "summary", "leaderboard"):
+        merged, expected = pd.read_csv(dest / f"{name}.csv"), pd.read_csv(whole / f"{name}.csv")
+        keep = [c for c in merged.columns if c not in ("started_at", "duration_s", "train_s", "eval_s",
+                                                       "peak_rss_mb") and not c.startswith(("train_s", "eval_s",
+                                                                                             "peak_rss_mb"))]
+        pd.testing.assert_frame_equal(merged[keep], expected[keep])
+    before = snapshot(dest)
+    again = subprocess.run([*script, str(dest), str(other)], capture_output=True, text=True, check=False)
+    assert again.returncode == 0 and again.stdout.startswith("0 runs added")
+    assert {k for k, v in snapshot(dest).items() if before[k][0] != v[0]} == set()  # the same bytes
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = subprocess.run([*script, str(dest), str(empty)], capture_output=True, text=True, check=False)
+    assert bad.returncode == 2 and "holds no clbench runs" in bad.stderr and "Traceback" not in bad.stderr

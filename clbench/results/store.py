@@ -221,6 +221,18 @@ class ResultStore:
             finally:
                 os.close(fd)
 
+    def merge_from(self, other: ResultStore) -> int:
+        """Append the runs of another output folder that this one lacks (or holds only as failed while the other
+        finished them), as journal entries read with json alone; return how many. Call write_derived after."""
+        mine = self.entries()
+        added = 0
+        for run_id, entry in other.entries().items():
+            held = mine.get(run_id)
+            if held is None or (held["run"]["status"] != "ok" and entry["run"]["status"] == "ok"):
+                self.append_entry(entry)
+                added += 1
+        return added
+
     def _entries_from_tables(self) -> list[dict]:
         try:
             runs = read_csv(self._path("runs"), tables.RUNS_COLUMNS)
