@@ -4,6 +4,7 @@
 # Permuted-Fashion-MNIST (domain-IL), 5 experiences, MLP 2x400, SGD lr 0.01 momentum 0.9, batch 128, 1 epoch, 3 seeds.
 # Replay-based methods at equal memory, 500 and 1000 samples.
 # Usage: scripts/reference_baselines.sh [OUT]   (default results/reference-baselines; needs `make install`)
+# results/reference/ is this folder merged with the other reference scripts' (scripts/merge_folders.py).
 set -euo pipefail
 out=${1:-results/reference-baselines}
 clbench=${CLBENCH:-.venv/bin/clbench}
