@@ -34,6 +34,7 @@ BUILTIN_MODULES = {
     "der": "clbench.strategies.der",
     "er-ace": "clbench.strategies.er_ace",
     "gdumb": "clbench.strategies.gdumb",
+    "separate": "clbench.strategies.separate",
 }
 
 _REGISTRY: dict[str, type[Strategy]] = {}
