@@ -54,8 +54,9 @@ def backward(strategy, data):
 def final_row(result):
     """Accuracies on every experience after the last one was trained (row T−1 of R) of a finished run."""
     assert result.status == "ok", result.error
-    last = max(e["step"] for e in result.evals)
-    return [e["value"] for e in result.evals if e["step"] == last]
+    accuracy = [e for e in result.evals if e["metric"] == "accuracy"]  # class-IL runs also have accuracy_taw
+    last = max(e["step"] for e in accuracy)
+    return [e["value"] for e in accuracy if e["step"] == last]
 
 
 def final_accuracy(result):

@@ -46,6 +46,7 @@ CASES = {
     "der": ({"mem_size": 60}, SGD),
     "er-ace": ({"mem_size": 60}, SGD),
     "gdumb": ({"mem_size": 60}, SGD),
+    "separate": ({}, SGD),
 }
 
 
@@ -335,3 +336,18 @@ def _resumes_identically(cfg, cls, stream, tmp_path, monkeypatch, caplog):
     assert np.array_equal([c["train_loss"] for c in resumed.costs][1:],
                           [c["train_loss"] for c in uninterrupted.costs][1:], equal_nan=True)
     assert not path.exists()
+
+
+@pytest.mark.parametrize("name", ["naive", "replay"])
+def test_a_run_with_continual_evaluation_resumes_with_the_same_curves(name, tmp_path, monkeypatch, digits_class):
+    """The curves so far travel in the checkpoint, and the global step and samples seen go on from them."""
+    cfg = dataclasses.replace(config(name, "class", train=SGD), eval_period=3, eval_subset=40)
+    uninterrupted = run(cfg, digits_class, progress=False)
+    path = tmp_path / "run.pt"
+    interrupt_at(monkeypatch, get_strategy(name), 2)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, digits_class, progress=False, checkpoint=path)
+    resumed = run(cfg, digits_class, progress=False, checkpoint=path)
+    assert resumed.status == "ok", resumed.error
+    assert resumed.curves == uninterrupted.curves and resumed.evals == uninterrupted.evals
+    assert {r["train_exp"] for r in resumed.curves} == set(range(len(digits_class)))

@@ -42,10 +42,15 @@ def test_run_writes_schema_valid_tables_and_plots(tmp_path, capsys):
     assert json.loads(runs.loc[runs.strategy == "replay", "params"].iloc[0])["mem_size"] == 100
     evals = pd.read_csv(out / "evals.csv")
     assert list(evals.columns) == tables.EVALS_COLUMNS
-    assert len(evals) == 8 * 6 * 5  # per run: steps -1..4 × 5 evaluated experiences
+    # per run: steps -1..4 × 5 evaluated experiences, twice in class-IL (accuracy and the task-aware accuracy_taw)
+    assert len(evals) == 4 * 6 * 5 * 2 + 4 * 6 * 5
     assert set(evals["step"]) == {-1, 0, 1, 2, 3, 4}
+    assert set(evals.loc[evals["scenario"] == "class", "metric"]) == {"accuracy", "accuracy_taw"}
+    assert set(evals.loc[evals["scenario"] == "task", "metric"]) == {"accuracy"}
     summary = pd.read_csv(out / "summary.csv")
-    assert list(summary.columns) == tables.SUMMARY_COLUMNS and len(summary) == 8
+    assert list(summary.columns) == [*tables.SUMMARY_COLUMNS, *tables.TAW_METRICS] and len(summary) == 8
+    assert summary.loc[summary.scenario == "class", "acc_taw"].notna().all()
+    assert summary.loc[summary.scenario == "task", "acc_taw"].isna().all()
     assert (summary["train_s"] > 0).all() and (summary["peak_rss_mb"] > 0).all()
     assert (summary.loc[summary.strategy == "replay", "strategy_mem_mb"] > 0).all()
     board = pd.read_csv(out / "leaderboard.csv")
@@ -188,11 +193,11 @@ def test_eval_every_bounds_evaluation_and_keeps_the_exact_metrics(digits_class):
     sparse = run(sparse_config, digits_class, progress=False)
     assert sparse_config.run_id != config("ewc").run_id and "eval_every" not in config("ewc").canonical()
     evaluated = {}
-    for row in sparse.evals:
+    for row in (r for r in sparse.evals if r["metric"] == "accuracy"):
         evaluated.setdefault(row["step"], []).append(row["eval_exp"])
     # T=5, k=3: full rows at −1, 2 (every third) and 4 (last); in between the diagonal and the next experience
     assert evaluated == {-1: [0, 1, 2, 3, 4], 0: [0, 1], 1: [1, 2], 2: [0, 1, 2, 3, 4], 3: [3, 4], 4: [0, 1, 2, 3, 4]}
-    assert len(sparse.evals) == 21 < len(full.evals) == 30
+    assert len(sparse.evals) == 2 * 21 < len(full.evals) == 2 * 30  # accuracy and accuracy_taw (class-IL)
 
     def summary(result):
         df = pd.DataFrame([{"run_id": "r", **row} for row in result.evals])

@@ -328,7 +328,7 @@ def test_a_really_full_disk_fails_a_plot_with_one_line(tiny_folder, small_disk, 
     out = small_disk / "out"
     shutil.copytree(tiny_folder, out)
     journal = (out / "runs.jsonl").read_bytes()
-    assert max(p.stat().st_size for p in out.glob("*.csv")) < 8192
+    assert max(p.stat().st_size for p in out.glob("*.csv")) < 12288  # evals.csv, with its accuracy_taw rows
     fill(small_disk, leave=16384)  # room for the tables' rewrite (one at a time), not for a PNG (over 30 kB)
     capsys.readouterr()
     assert main(["plot", str(out)]) == 1

@@ -24,7 +24,8 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 STRATEGIES = ["naive", "ewc"]
 DIVERGING = "tests.user_strategies:Diverging"  # with steps_before_nan=0 every seed fails
 COSTS = ["train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"]
-N_IMAGES = len(STRATEGIES) + 1 + len(COSTS)  # a matrix per finished configuration, a curve panel, a chart per cost
+# a matrix per finished configuration, a curve panel, a stability-gap panel, a chart per cost
+N_IMAGES = len(STRATEGIES) + 1 + 1 + len(COSTS)
 WINDOW = (1400, 900)
 
 
@@ -85,7 +86,7 @@ def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("res")
     assert main(["run", "--benchmark", "split-digits", "--scenario", "class", "--strategy", *STRATEGIES,
                  "--seeds", "0", "1", "--epochs", "1", "--batch-size", "32", "--lr", "0.05", "--out", str(out),
-                 "--quiet", "--no-plots"]) == 0
+                 "--eval-period", "10", "--eval-subset", "50", "--quiet", "--no-plots"]) == 0
     assert main(["run", "--benchmark", "split-digits", "--scenario", "class", "--strategy", DIVERGING,
                  "--set", "steps_before_nan=0", "--seeds", "0", "1", "--train-subset", "100", "--epochs", "1",
                  "--batch-size", "32", "--out", str(out), "--quiet", "--no-plots"]) == 1  # its runs failed
@@ -123,7 +124,8 @@ def test_report_is_one_self_contained_page(report):
                                                                           strict=True)}  # fmt: skip
     assert marks == {"naive": "ok", "ewc": "ok", DIVERGING: "failed"}
     failed_row = page.rows[list(marks).index(DIVERGING)]
-    assert [cell["text"] for cell in failed_row if cell["value"] is not None][1:] == ["n/a"] * 10  # after n_seeds
+    # after n_seeds: the six matrix metrics, acc_taw, min_acc and wc_acc (class-IL runs with curves), four costs
+    assert [cell["text"] for cell in failed_row if cell["value"] is not None][1:] == ["n/a"] * 13
     assert page.failures == ["failed"] and "DivergedError" in text and "no run finished" in text
 
     for src in page.images:
@@ -160,6 +162,7 @@ def test_report_renders_and_sorts_in_a_headless_browser(report, tmp_path):
     assert page.body["data-images-total"] == str(N_IMAGES)
     assert page.body["data-images-ok"] == str(N_IMAGES), page.body["data-images-broken"]  # every data URI decoded
     assert page.body["data-curves-ok"] == "1"  # the average-accuracy panel with its ±SEM bands
+    assert page.body["data-gap-ok"] == "1"  # the stability-gap figure of the continual evaluation
     assert page.body["data-rows"] == str(len(STRATEGIES) + 1)
     acc = [cell["value"] for cell in page.column("acc")]
     assert acc[-1] == "" and [float(a) for a in acc[:-1]] == sorted(float(a) for a in acc[:-1])  # n/a last

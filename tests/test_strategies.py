@@ -1,5 +1,6 @@
 """The contract every registered strategy honours, and one test per strategy for its defining property."""
 
+import dataclasses
 import math
 
 import pytest
@@ -42,7 +43,10 @@ def test_contract(name, request):
     assert first.status == "ok", first.error
     assert all(math.isfinite(c["train_loss"]) for c in first.costs if c["step"] >= 0)
     T = len(stream)
-    assert len(first.evals) == (T + 1) * T  # row b plus the full matrix R, upper triangle included
+    accuracy = [e for e in first.evals if e["metric"] == "accuracy"]
+    assert len(accuracy) == (T + 1) * T  # row b plus the full matrix R, upper triangle included
+    taw = [e for e in first.evals if e["metric"] == "accuracy_taw"]  # class-IL: the task-aware twin of each row
+    assert len(taw) == (len(accuracy) if scenario == "class" else 0)
     assert all(0.0 <= e["value"] <= 1.0 for e in first.evals)
 
     again = loop.run(config(name, scenario, seed=0, benchmark=bench, n_experiences=n_exp), stream, progress=False)
@@ -349,3 +353,21 @@ def test_ewc_fisher_at_predicted_labels_is_the_fisher_of_the_model_s_own_predict
     assert "fisher_labels" not in default.canonical()["params"]
     assert RunConfig("split-digits", "class", "ewc", params={**default.params, "fisher_labels": "predicted"}).run_id \
         != default.run_id
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_continual_evaluation_does_not_change_training(name, request):
+    """De Lange et al.'s periodic evaluation runs in the middle of training (every 3 steps here): the boundary rows
+    must be bit for bit those of the run without it, for every strategy (its own loops, teachers and caches too)."""
+    scenario, stream = stream_for(name, request)
+    bench = "permuted-digits" if scenario == "domain" else "split-digits"
+    n_exp = 3 if scenario == "domain" else None
+    plain = loop.run(config(name, scenario, benchmark=bench, n_experiences=n_exp), stream, progress=False)
+    periodic = loop.run(dataclasses.replace(config(name, scenario, benchmark=bench, n_experiences=n_exp),
+                                            eval_period=3, eval_subset=50), stream, progress=False)
+    assert plain.status == periodic.status == "ok", periodic.error
+    assert periodic.evals == plain.evals
+    assert [c["train_loss"] for c in periodic.costs] == [c["train_loss"] for c in plain.costs]
+    assert plain.curves == [] and periodic.curves
+    trained = {r["train_exp"] for r in periodic.curves}
+    assert trained <= set(range(len(stream))) and len(stream) - 1 in trained

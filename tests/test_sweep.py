@@ -158,7 +158,10 @@ def test_kill_minus_9_and_restart_loses_nothing_and_duplicates_nothing(tmp_path)
     assert set(runs["run_id"]) == expected  # none lost
     assert journal.read_bytes().count(b"\n") == 24  # none duplicated in the journal either
     evals = pd.read_csv(out / "evals.csv")
-    assert (evals.groupby("run_id").size() == 6 * 5).all()  # every run complete: steps −1..4 × 5 experiences
+    # every run complete: steps −1..4 × 5 experiences, twice in class-IL (accuracy and accuracy_taw)
+    per_run = evals.groupby("run_id").size()
+    scenario = evals.drop_duplicates("run_id").set_index("run_id")["scenario"].reindex(per_run.index)
+    assert (per_run == (scenario == "class").map({True: 2, False: 1}) * 6 * 5).all()
     assert not evals.duplicated(["run_id", "step", "eval_exp", "metric"]).any()
     costs = pd.read_csv(out / "costs.csv")
     assert (costs.groupby("run_id").size() == 6).all()
@@ -191,7 +194,7 @@ def test_run_folders_written_before_the_journal_are_read(tmp_path):
                  "1", "--epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet", "--no-plots"]) == 0
     (out / "runs.jsonl").unlink()  # as an older clbench left it: tables only
     store = ResultStore(out)
-    assert len(store.finished_run_ids()) == 2 and len(store.evals()) == 2 * 6 * 5
+    assert len(store.finished_run_ids()) == 2 and len(store.evals()) == 2 * 6 * 5 * 2  # with accuracy_taw rows
     assert not (out / "runs.jsonl").exists()  # reading leaves the folder as it is
     assert main(["run", "--benchmark", "split-digits", "--scenario", "class", "--strategy", "naive", "--seeds", "0",
                  "1", "2", "--epochs", "1", "--batch-size", "32", "--out", str(out), "--quiet", "--no-plots"]) == 0

@@ -39,11 +39,11 @@ def test_schema_constants():
                              "value", "n"]  # fmt: skip
     assert SUMMARY_COLUMNS[:8] == ["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label",
                                    "seed"]
-    assert SUMMARY_COLUMNS[8:25] == SETTINGS_COLUMNS == [
+    assert SUMMARY_COLUMNS[8:27] == SETTINGS_COLUMNS == [
         "optimizer", "optimizer_state", "lr", "momentum", "weight_decay", "batch_size", "drop_last", "epochs",
         "iterations", "backbone", "normalize", "class_order", "train_subset", "test_subset", "eval_every",
-        "n_experiences", "stream_seed"]  # fmt: skip
-    assert SUMMARY_COLUMNS[25:] == ["acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s",
+        "eval_period", "eval_subset", "n_experiences", "stream_seed"]  # fmt: skip
+    assert SUMMARY_COLUMNS[27:] == ["acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s",
                                     "peak_rss_mb", "strategy_mem_mb"]  # fmt: skip
 
 

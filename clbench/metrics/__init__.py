@@ -1,5 +1,8 @@
-"""Pure metrics: numpy functions of the accuracy matrix and the pandas result tables (no torch, no I/O)."""
+"""Pure metrics: numpy functions of the accuracy matrix, of continual-evaluation curves (curves), the lifelong-learning
+metrics of l2metrics (lifelong) and the pandas result tables (no torch, no I/O)."""
 
+from clbench.metrics.curves import CURVE_METRICS, curve_metrics
+from clbench.metrics.lifelong import LIFELONG_METRICS, lifelong_metrics
 from clbench.metrics.matrix import (
     accuracy,
     avalanche_forgetting,
@@ -17,6 +20,7 @@ from clbench.metrics.matrix import (
 )
 from clbench.metrics.tables import (
     COSTS_COLUMNS,
+    CURVES_COLUMNS,
     EVALS_COLUMNS,
     LEADERBOARD_KEYS,
     LEADERBOARD_METRICS,
@@ -33,9 +37,12 @@ from clbench.metrics.tables import (
 
 __all__ = [
     "COSTS_COLUMNS",
+    "CURVES_COLUMNS",
+    "CURVE_METRICS",
     "EVALS_COLUMNS",
     "LEADERBOARD_KEYS",
     "LEADERBOARD_METRICS",
+    "LIFELONG_METRICS",
     "MATRIX_METRICS",
     "RUNS_COLUMNS",
     "SUMMARY_COLUMNS",
@@ -47,6 +54,7 @@ __all__ = [
     "clear_backward_transfer",
     "clear_forward_transfer",
     "continuum_backward_transfer",
+    "curve_metrics",
     "evals_from_matrices",
     "forgetting",
     "format_mean_sem",
@@ -55,6 +63,7 @@ __all__ = [
     "gem_forward_transfer",
     "leaderboard",
     "learning_accuracy",
+    "lifelong_metrics",
     "matrices_from_evals",
     "mean_sem_str",
     "summarize",

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from clbench.errors import UsageError
+from clbench.metrics.curves import CURVE_METRICS, curve_metrics
+from clbench.metrics.lifelong import LIFELONG_METRICS
 from clbench.metrics.matrix import (
     accuracy,
     average_incremental_accuracy,
@@ -52,6 +54,11 @@ RUNS_COLUMNS = [
 ]  # fmt: skip
 EVALS_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric", "value", "n"]
 COSTS_COLUMNS = ["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"]
+#: Continual evaluation (RunConfig.eval_period): one row per (run, evaluation point within training, evaluated
+#: experience, metric). train_exp is the experience being trained, exp_step the optimizer steps done within it (0:
+#: before its first), global_step and samples_seen count from the start of the stream.
+CURVES_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "train_exp", "exp_step", "global_step",
+                  "samples_seen", "eval_exp", "metric", "value", "n"]
 #: The runner's settings as plain columns of the summary and the leaderboard, so that two configurations that differ
 #: only in them (1 vs 5 epochs) are told apart by more than their config_id. All but stream_seed are read from the
 #: runs table's train_config JSON (RunConfig.settings); a key an older folder did not record is NaN, except the
@@ -59,7 +66,7 @@ COSTS_COLUMNS = ["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"
 SETTINGS_COLUMNS = [
     "optimizer", "optimizer_state", "lr", "momentum", "weight_decay", "batch_size", "drop_last", "epochs",
     "iterations", "backbone", "normalize", "class_order", "train_subset", "test_subset", "eval_every",
-    "n_experiences", "stream_seed",
+    "eval_period", "eval_subset", "n_experiences", "stream_seed",
 ]  # fmt: skip
 _STRING_SETTINGS = {"optimizer", "optimizer_state", "backbone", "normalize", "class_order"}
 _BOOL_SETTINGS = {"drop_last"}
@@ -83,6 +90,13 @@ MATRIX_METRICS = {
     "aia": lambda R, b: average_incremental_accuracy(R),
 }
 LEADERBOARD_METRICS = [*MATRIX_METRICS, *COSTS_COLUMNS[1:]]
+#: The task-aware twins of MATRIX_METRICS (acc_taw, ...): the same functions of the ``accuracy_taw`` evals that a
+#: class-IL run records beside its task-agnostic ``accuracy`` (FACIL's and Mammoth's TAw / TAg).
+TAW_METRICS = [f"{m}_taw" for m in MATRIX_METRICS]
+#: Columns that a summary and a leaderboard have only when some run recorded their evals: the task-aware metrics
+#: (class-IL runs), the metrics of continual-evaluation curves (clbench.metrics.curves; runs with eval_period) and
+#: l2metrics' lifelong-learning metrics (clbench.metrics.lifelong; `clbench leaderboard --l2metrics`).
+OPTIONAL_METRICS = [*TAW_METRICS, *CURVE_METRICS, *LIFELONG_METRICS]
 LEADERBOARD_KEYS = ["benchmark", "scenario", "strategy", "params", "config_id"]
 
 #: metric → (scenarios where it is structurally uninformative, so the summary leaves it NaN; the footnote of every
@@ -90,6 +104,9 @@ LEADERBOARD_KEYS = ["benchmark", "scenario", "strategy", "params", "config_id"]
 #: experience i, so R[i−1, i] = 0 for every method and FWT = −mean(b), a property of the initial model.
 NOT_APPLICABLE = {
     "fwt": ({"class"}, "n/a in class-IL (a single head cannot predict unseen classes; see docs/METRICS.md)"),
+    # l2metrics' forward transfer reads the same entries (clbench.results.experts; docs/L2METRICS.md)
+    "ft_ratio": ({"class"}, "n/a in class-IL (as fwt; see docs/L2METRICS.md)"),
+    "ft_contrast": ({"class"}, "n/a in class-IL (as fwt; see docs/L2METRICS.md)"),
 }
 #: A leaderboard row's status: every run finished, some failed, all failed. Also the ranking order (see leaderboard).
 STATUS_ORDER = {"ok": 0, "partial": 1, "failed": 2}
@@ -232,9 +249,11 @@ def evals_from_matrices(run_meta: dict, R, b, n: list, metric: str = "accuracy")
     return df[EVALS_COLUMNS]
 
 
-def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFrame | None) -> pd.DataFrame:
+def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFrame | None,
+              curves_df: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per run with status "ok" (SUMMARY_COLUMNS): its settings (:func:`settings_of`), the matrix metrics of
-    its accuracy evals and its costs.
+    its accuracy evals and its costs; then, where some run has them, TAW_METRICS (from its ``accuracy_taw`` evals)
+    and CURVE_METRICS (from its ``accuracy`` rows of ``curves_df``), NaN for the runs without.
 
     Costs come from ``costs_df`` (run_id, train_s, eval_s, peak_rss_mb, strategy_mem_mb); a run without a costs row
     gets NaN costs. An ok run without accuracy evals is an error. A metric is NaN in the scenarios where
@@ -244,6 +263,12 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
     _require(evals_df, ["run_id", "step", "eval_exp", "metric", "value"], "evals")
     ok = runs_df[runs_df["status"] == "ok"].drop_duplicates("run_id", keep="last")
     groups = dict(tuple(evals_df[evals_df["metric"] == "accuracy"].groupby("run_id", sort=False)))
+    taw = dict(tuple(evals_df[evals_df["metric"] == "accuracy_taw"].groupby("run_id", sort=False)))
+    curves = {}
+    if curves_df is not None and not curves_df.empty:
+        _require(curves_df, CURVES_COLUMNS, "curves")
+        curves = dict(tuple(curves_df[curves_df["metric"] == "accuracy"].groupby("run_id", sort=False)))
+    optional = [*(TAW_METRICS if taw else []), *(CURVE_METRICS if curves else [])]
     records = []
     for run in ok.itertuples(index=False):
         if run.run_id not in groups:
@@ -253,8 +278,13 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
         for m, (scenarios, _) in NOT_APPLICABLE.items():
             if run.scenario in scenarios:
                 values[m] = math.nan
+        if run.run_id in taw:  # task-aware: every unit of the evaluated experience is known, so FWT is defined
+            R_taw, b_taw = _matrices(taw[run.run_id], f"run {run.run_id!r}, metric 'accuracy_taw'")
+            values |= {f"{m}_taw": f(R_taw, b_taw) for m, f in MATRIX_METRICS.items()}
+        if run.run_id in curves:
+            values |= curve_metrics(curves[run.run_id])
         records.append({"run_id": run.run_id, **values})
-    metrics = pd.DataFrame(records, columns=["run_id", *MATRIX_METRICS])
+    metrics = pd.DataFrame(records, columns=["run_id", *MATRIX_METRICS, *optional])
     ok = pd.concat([ok.assign(label=labels_of(ok)).drop(columns=SETTINGS_COLUMNS, errors="ignore"),
                     settings_of(ok)], axis=1)
     out = ok[["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label", "seed",
@@ -266,7 +296,15 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
         raise ValueError("costs table has several rows for one run_id")
     out = out.merge(costs_df[COSTS_COLUMNS], on="run_id", how="left")
     out[COSTS_COLUMNS[1:]] = out[COSTS_COLUMNS[1:]].astype(float)
-    return out[SUMMARY_COLUMNS].reset_index(drop=True)
+    out[optional] = out[optional].astype(float)
+    return out[[*SUMMARY_COLUMNS, *optional]].reset_index(drop=True)
+
+
+def metrics_of(table: pd.DataFrame) -> list[str]:
+    """The leaderboard metrics a summary (or, by their ``_mean`` columns, a leaderboard) has: LEADERBOARD_METRICS,
+    then those of OPTIONAL_METRICS it holds."""
+    present = set(table.columns)
+    return [*LEADERBOARD_METRICS, *(m for m in OPTIONAL_METRICS if m in present or f"{m}_mean" in present)]
 
 
 def leaderboard(summary_df: pd.DataFrame, runs_df: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -300,7 +338,8 @@ def leaderboard(summary_df: pd.DataFrame, runs_df: pd.DataFrame | None = None) -
     settings = by_config[SETTINGS_COLUMNS].first()  # first() skips NaN: an older folder's missing key
     grouped = summary_df.groupby(LEADERBOARD_KEYS, dropna=False, sort=False)
     metrics = grouped.size().rename("n_seeds").to_frame()
-    for m in LEADERBOARD_METRICS:
+    names = metrics_of(summary_df)
+    for m in names:
         values = grouped[m]
         n = values.count().to_numpy()
         metrics[f"{m}_mean"] = values.mean().astype(float)
@@ -317,7 +356,7 @@ def leaderboard(summary_df: pd.DataFrame, runs_df: pd.DataFrame | None = None) -
         ["benchmark", "scenario", "_rank", "acc_mean", "strategy", "config_id"],
         ascending=[True, True, True, False, True, True], kind="stable", na_position="last").index
     columns = [*LEADERBOARD_KEYS[:4], "label", "config_id", "status", "n_runs", "n_ok", "n_failed", "n_seeds",
-               *SETTINGS_COLUMNS, *(f"{m}_{s}" for m in LEADERBOARD_METRICS for s in ("mean", "sem", "ci95")),
+               *SETTINGS_COLUMNS, *(f"{m}_{s}" for m in names for s in ("mean", "sem", "ci95")),
                "failure"]
     return out.loc[order, columns].reset_index(drop=True)
 

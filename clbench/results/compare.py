@@ -213,7 +213,7 @@ def average_ranks(summary: pd.DataFrame, metric: str = "acc", datasets: list[tup
 
 def metric_columns(summary: pd.DataFrame) -> list[str]:
     """The metrics a summary can be compared on: its numeric columns among the leaderboard's metrics."""
-    return [m for m in tables.LEADERBOARD_METRICS
+    return [m for m in tables.metrics_of(summary)
             if m in summary.columns and pd.api.types.is_numeric_dtype(summary[m])]
 
 

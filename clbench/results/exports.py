@@ -17,7 +17,7 @@ from pathlib import PurePath
 import pandas as pd
 
 from clbench.errors import UsageError
-from clbench.metrics.tables import LEADERBOARD_METRICS, label_from_json, mean_sem_str
+from clbench.metrics.tables import label_from_json, mean_sem_str, metrics_of
 
 __all__ = [
     "EXTENSIONS",
@@ -40,9 +40,10 @@ EXTENSIONS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".tex":
 #: The settings a leaderboard carries as plain columns (those present are used), in the order the caption lists them.
 SETTINGS = [
     "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "iterations", "backbone", "class_order",
-    "train_subset", "test_subset", "eval_every", "n_experiences", "stream_seed",
+    "train_subset", "test_subset", "eval_every", "eval_period", "eval_subset", "n_experiences", "stream_seed",
 ]  # fmt: skip
-LOWER_IS_BETTER = frozenset({"forgetting", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"})
+LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_taw", "wf10", "train_s", "eval_s", "peak_rss_mb",
+                             "strategy_mem_mb"})
 METRIC_NAMES = {
     "acc": "Average accuracy",
     "bwt": "Backward transfer",
@@ -54,7 +55,14 @@ METRIC_NAMES = {
     "eval_s": "Evaluation time (s)",
     "peak_rss_mb": "Peak memory (MB)",
     "strategy_mem_mb": "Strategy memory (MB)",
+    "min_acc": "Minimum accuracy (min-ACC)",
+    "wc_acc": "Worst-case accuracy (WC-ACC)",
+    "wf10": "Windowed forgetting (WF10)",
+    "lca": "Learning curve area (LCA)",
+    "aauc": "Anytime accuracy (A_AUC)",
 }
+METRIC_NAMES |= {f"{m}_taw": f"{METRIC_NAMES[m]}, task-aware" for m in ("acc", "bwt", "fwt", "forgetting", "la",
+                                                                          "aia")}
 PM = "±"
 DAGGER = "†"
 NOT_RUN = "–"  # a configuration that has no row for this benchmark × scenario
@@ -76,8 +84,9 @@ def resolve_format(output, fmt: str | None) -> str:
 
 
 def _check_metric(board: pd.DataFrame, metric: str) -> None:
-    if metric not in LEADERBOARD_METRICS:
-        raise UsageError(f"unknown --metric {metric!r}; choose one of {', '.join(LEADERBOARD_METRICS)}")
+    known = metrics_of(board)
+    if metric not in known:
+        raise UsageError(f"unknown --metric {metric!r}; choose one of {', '.join(known)}")
     missing = [c for c in (f"{metric}_mean", f"{metric}_sem") if c not in board.columns]
     if missing:
         raise UsageError(f"the leaderboard lacks column(s) {missing} for --metric {metric!r}")

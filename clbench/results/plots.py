@@ -39,9 +39,12 @@ __all__ = [
     "plot_average_accuracy",
     "plot_leaderboard",
     "plot_output_dir",
+    "plot_stability_gap",
     "run_counts",
     "save_figure",
     "save_png",
+    "stability_gap_panels",
+    "stability_gap_series",
     "zoomed_limits",
 ]
 
@@ -482,6 +485,87 @@ def plot_average_accuracy(curves: list[Curve], title: str, path, colors: dict[st
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# continual evaluation
+
+
+def stability_gap_series(curves_df: pd.DataFrame, run_ids: list[str]) -> dict[int, pd.DataFrame]:
+    """Per experience j, the accuracy on j from the start of its training to the end of the stream against the
+    global step: columns global_step, mean and sem over the runs (seeds) that have the point (ddof=1; NaN with one).
+    From the curves' ``accuracy`` rows of ``run_ids`` (points with train_exp ≥ j)."""
+    rows = curves_df[curves_df["run_id"].isin(run_ids) & (curves_df["metric"] == "accuracy")
+                     & (curves_df["train_exp"] >= curves_df["eval_exp"])]
+    out = {}
+    for j, g in rows.groupby("eval_exp", sort=True):
+        stats = g.groupby("global_step", sort=True)["value"].agg(["mean", "sem", "count"]).reset_index()
+        out[int(j)] = stats.assign(sem=stats["sem"].where(stats["count"] > 1))
+    return out
+
+
+def stability_gap_figure(panels: list[tuple[str, str, dict, list[int]]], title: str) -> Figure:
+    """The figure of plot_stability_gap (not saved). ``panels``: (label, status, series, boundaries) per
+    configuration, series as stability_gap_series returns, boundaries the global steps where experiences start."""
+    n = max(len(panels), 1)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig = _figure(4.6 * cols, 3.3 * rows + 0.4)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    colors = strategy_colors(f"experience {j}" for j in range(max([len(p[2]) for p in panels] + [1])))
+    for ax, (label, status, series, boundaries) in zip(axes.flat, panels, strict=False):
+        ax.set_title(label, fontsize="small")
+        if not series:
+            ax.text(0.5, 0.5, "failed: no curves" if status == "failed" else "no curves", ha="center",
+                    va="center", transform=ax.transAxes, color=FAILED_GREY)
+            continue
+        for x in boundaries:
+            ax.axvline(x, color="0.6", lw=0.8, ls=":")
+        for j, stats in series.items():
+            color = colors.get(f"experience {j}")
+            dashed = "--" if status == "partial" else "-"
+            ax.plot(stats["global_step"], stats["mean"], ls=dashed, lw=1.2, color=color, label=f"experience {j}")
+            band = stats["sem"].notna()
+            if band.any():
+                ax.fill_between(stats["global_step"][band], (stats["mean"] - stats["sem"])[band],
+                                (stats["mean"] + stats["sem"])[band], color=color, alpha=0.2, lw=0)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("global step (dotted: a new experience starts)", fontsize="small")
+    axes[0][0].set_ylabel("accuracy (mean ± SEM over seeds)")
+    first = next((ax for ax, p in zip(axes.flat, panels, strict=False) if p[2]), None)
+    if first is not None:
+        first.legend(fontsize="x-small", loc="lower left")
+    fig.suptitle(title)
+    return fig
+
+
+def plot_stability_gap(panels, title: str, path) -> Path:
+    """De Lange et al.'s (2023) stability-gap figure: per configuration, the accuracy on every experience from the
+    start of its training on, against the global step, seed-averaged with ±SEM bands, dotted lines where experiences
+    start; a configuration whose runs partly failed is dashed and says "(2/3 ok)" in its title, one without a
+    finished run is an empty panel saying "failed"."""
+    return save_figure(stability_gap_figure(panels, title), path)
+
+
+def stability_gap_panels(board: pd.DataFrame, curves_df: pd.DataFrame, runs_of: dict) -> dict:
+    """Per (benchmark, scenario) of the leaderboard, the panels of plot_stability_gap, in the leaderboard's order."""
+    out = {}
+    for key, g in board.groupby(["benchmark", "scenario"], sort=True):
+        repeated = g["strategy"].duplicated(keep=False)
+        panels = []
+        for row, rep in zip(g.to_dict("records"), repeated, strict=True):
+            base = f"{row['strategy']} ({_changed(row)})" if rep else str(row["strategy"])
+            status, _, _ = run_counts(row)
+            run_ids = runs_of.get(row["config_id"], [])
+            mine = curves_df[curves_df["run_id"].isin(run_ids)]
+            starts = mine[(mine["exp_step"] == 0) & (mine["train_exp"] > 0)]["global_step"]
+            panels.append((with_status(base, row), status, stability_gap_series(curves_df, run_ids),
+                           sorted(starts.unique().tolist())))
+        if any(p[2] for p in panels):
+            out[key] = panels
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # an output folder
 
 
@@ -491,7 +575,8 @@ def _slug(text) -> str:
 
 
 def plot_output_dir(
-    evals_df: pd.DataFrame, summary_df: pd.DataFrame, leaderboard_df: pd.DataFrame, out_dir, fmt: str = "png"
+    evals_df: pd.DataFrame, summary_df: pd.DataFrame, leaderboard_df: pd.DataFrame, out_dir, fmt: str = "png",
+    curves_df: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write into ``out_dir``/plots, as ``fmt`` (png, pdf or svg), and return the written paths:
 
@@ -499,7 +584,9 @@ def plot_output_dir(
     - per benchmark × scenario of the leaderboard, ``<benchmark>_<scenario>_curves`` (every configuration's
       seed-averaged average accuracy with ±SEM bands, failures marked) and ``<benchmark>_<scenario>_acc`` (the
       leaderboard's acc bars on a zoomed axis, failures marked);
-    - ``leaderboard_acc``: those bars, every benchmark × scenario in one figure.
+    - ``leaderboard_acc``: those bars, every benchmark × scenario in one figure;
+    - with continual-evaluation curves, per benchmark × scenario that has some, ``<benchmark>_<scenario>_stability_gap``
+      (plot_stability_gap: one panel per configuration).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown figure format {fmt!r}; valid choices: {', '.join(FORMATS)}")
@@ -526,6 +613,10 @@ def plot_output_dir(
         rows = leaderboard_df[(leaderboard_df["benchmark"] == bench) & (leaderboard_df["scenario"] == scen)]
         written.append(plot_leaderboard(rows, plots / f"{name}_acc.{fmt}", metric="acc", colors=colors))
     written.append(plot_leaderboard(leaderboard_df, plots / f"leaderboard_acc.{fmt}", metric="acc", colors=colors))
+    if curves_df is not None and not curves_df.empty:
+        for (bench, scen), panels in stability_gap_panels(leaderboard_df, curves_df, runs_of).items():
+            path = plots / f"{_slug(bench)}_{_slug(scen)}_stability_gap.{fmt}"
+            written.append(plot_stability_gap(panels, f"{bench} / {scen}: accuracy during training", path))
     return written
 
 

@@ -29,7 +29,9 @@ from clbench.results.plots import (
     plot_accuracy_matrix,
     plot_average_accuracy,
     plot_leaderboard,
+    plot_stability_gap,
     run_counts,
+    stability_gap_panels,
     strategy_colors,
 )
 from clbench.results.store import ResultStore, check_writable, write_atomic
@@ -47,6 +49,10 @@ COLUMN_HELP = {
               "finished seeds only), failed (none finished: no numbers)",
     "n_seeds": "finished runs (seeds) averaged in this row",
     "acc": "average accuracy on all experiences after the last one",
+    "acc_taw": "task-aware acc of a class-IL run: the argmax over the evaluated experience's own classes",
+    "min_acc": "min-ACC (De Lange et al. 2023): mean over old experiences of the lowest accuracy seen after learning "
+               "them, at any evaluation point during training",
+    "wc_acc": "WC-ACC (De Lange et al. 2023): (1/k)·accuracy on the last experience + (1 − 1/k)·min-ACC",
     "bwt": "backward transfer (negative = forgetting)",
     "fwt": "forward transfer: accuracy on the next experience before training it, minus the untrained model's",
     "forgetting": "average drop from the best earlier accuracy to the final one",
@@ -133,9 +139,7 @@ def _mean_sem_html(text: str) -> str:
 
 
 def _header_text(column: str) -> str:
-    """A long column name that may break after its underscores (strategy_mem_mb), so that headers stay narrow."""
-    if len(column) <= 8:
-        return html.escape(column)
+    """A column name that may break after its underscores (strategy_mem_mb, acc_taw), so that headers stay narrow."""
     return "_<wbr>".join(html.escape(part) for part in column.split("_"))
 
 
@@ -146,7 +150,9 @@ def _failure(row) -> str:
 
 def _leaderboard_html(board: pd.DataFrame) -> str:
     """The leaderboard table; numeric cells carry their mean in data-value so that the script sorts by it."""
-    metrics = [*tables.MATRIX_METRICS, *COST_COLUMNS]
+    # acc_taw beside acc (class-IL runs), min_acc and wc_acc beside them (runs with curves), where the board has them
+    headline = [m for m in ("acc_taw", "min_acc", "wc_acc") if f"{m}_mean" in board.columns]
+    metrics = ["acc", *headline, *(m for m in tables.MATRIX_METRICS if m != "acc"), *COST_COLUMNS]
     shown = tables.format_mean_sem(board, metrics=metrics)
     published = "published" in board.columns and board["published"].notna().any()  # a paper preset's folder
     extra = ["published", "diff", "reproduced"] if published else []
@@ -263,6 +269,7 @@ SCRIPT = """
     document.body.dataset.imagesOk = images.filter(ok).length;
     document.body.dataset.imagesBroken = images.filter(img => !ok(img)).map(img => img.alt).join(" | ");
     document.body.dataset.curvesOk = images.filter(img => ok(img) && img.closest("figure.curves")).length;
+    document.body.dataset.gapOk = images.filter(img => ok(img) && img.closest("figure.gap")).length;
     document.body.dataset.rows = body.rows.length;
     document.body.dataset.scrollWidth = document.documentElement.scrollWidth;
     document.body.dataset.windowWidth = window.innerWidth;
@@ -295,6 +302,19 @@ def build_report(store: ResultStore) -> str:
         curves_html.append(_figure_html(
             uri, f"{title}: average accuracy on the experiences seen so far, mean ± SEM over seeds (band)"
                  + (f"; no finished run: {', '.join(failed)}" if failed else ""), "curves"))
+
+    gap_html = []
+    curves_df = store.curves()
+    if not curves_df.empty:
+        for (bench, scenario), panels in stability_gap_panels(board, curves_df, seeds_of).items():
+            title = f"{bench} / {scenario}"
+            uri = _data_uri(partial(plot_stability_gap, panels, f"{title}: accuracy during training"))
+            gap_html.append(_figure_html(
+                uri, f"{title}: accuracy on each experience from the start of its training, every evaluation point "
+                     "within training (continual evaluation), mean ± SEM over seeds; dotted lines: experience "
+                     "boundaries", "gap"))
+    gap_section = ("<h2>Accuracy during training (stability gap)</h2>\n"
+                   f'<div class="figures">{"".join(gap_html)}</div>') if gap_html else ""
 
     costs_html = []
     strategy_color = strategy_colors(board["strategy"])  # one colour and one order per strategy in every panel
@@ -341,6 +361,7 @@ def build_report(store: ResultStore) -> str:
 {_failures_html(board, labels)}
 <h2>Average accuracy over training</h2>
 <div class="figures">{"".join(curves_html)}</div>
+{gap_section}
 <h2>Costs</h2>
 <div class="figures">{"".join(costs_html)}</div>
 <h2>Accuracy matrices</h2>

@@ -9,6 +9,8 @@
     runs.csv      one row per run
     evals.csv     long: one row per (run, step, evaluated experience, metric)
     costs.csv     long: one row per (run, step): train/eval seconds, peak RSS, strategy memory, mean train loss
+    curves.csv    long, with `--eval-period`: one row per (run, evaluation point within training, evaluated
+                  experience, metric); written when some run has curves
     summary.csv   one row per finished run: the metrics of METRICS.md and its costs
     leaderboard.csv  per configuration: runs ok/failed, settings, mean, SEM and 95% CI over seeds; with published.csv
                   (written when a paper preset runs) also the published value, the difference and reproduced ✓/✗
@@ -176,7 +178,8 @@ class ResultStore:
 
     # the journal ---------------------------------------------------------------------------------------------------
     def entries(self) -> dict[str, dict]:
-        """run_id → the latest complete journal entry of that run ({"run": row, "evals": [...], "costs": [...]})."""
+        """run_id → the latest complete journal entry of that run ({"run": row, "evals": [...], "costs": [...],
+        "curves": [...]}; "curves" may be absent in an older entry)."""
         # Without a journal, the tables of an older folder are the source (read-only commands leave it untouched).
         source = self.journal_path if self.journal_path.exists() else self._path("runs")
         if not source.exists():
@@ -238,6 +241,7 @@ class ResultStore:
             runs = read_csv(self._path("runs"), tables.RUNS_COLUMNS)
             evals = read_csv(self._path("evals"), tables.EVALS_COLUMNS)
             costs = read_csv(self._path("costs"), STEP_COSTS_COLUMNS)
+            curves = read_csv(self._path("curves"), tables.CURVES_COLUMNS)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise UsageError(f"{str(self.root)!r} does not hold readable clbench tables ({err}); pass a folder "
                              "written by `clbench run --out` or `clbench sweep --out`") from None
@@ -251,6 +255,7 @@ class ResultStore:
                 "run": _plain(row),
                 "evals": _records(evals[evals["run_id"] == row["run_id"]]) if ok else [],
                 "costs": _records(costs[costs["run_id"] == row["run_id"]]) if ok else [],
+                "curves": _records(curves[curves["run_id"] == row["run_id"]]) if ok and not curves.empty else [],
             })
         return entries
 
@@ -261,7 +266,7 @@ class ResultStore:
         return canonical_order(pd.DataFrame(rows, columns=tables.RUNS_COLUMNS), RUN_ORDER)
 
     def _long(self, key: str, columns: list[str], order: list[str]) -> pd.DataFrame:
-        rows = [r for e in self.entries().values() if e["run"]["status"] == "ok" for r in e[key]]
+        rows = [r for e in self.entries().values() if e["run"]["status"] == "ok" for r in e.get(key, [])]
         return canonical_order(pd.DataFrame(rows, columns=columns), order)
 
     def evals(self) -> pd.DataFrame:
@@ -269,6 +274,9 @@ class ResultStore:
 
     def costs(self) -> pd.DataFrame:
         return self._long("costs", STEP_COSTS_COLUMNS, COST_ORDER)
+
+    def curves(self) -> pd.DataFrame:
+        return self._long("curves", tables.CURVES_COLUMNS, CURVE_ORDER)
 
     def finished_run_ids(self) -> set[str]:
         return {run_id for run_id, e in self.entries().items() if e["run"]["status"] == "ok"}
@@ -278,7 +286,8 @@ class ResultStore:
         return _run_costs(self.costs())
 
     def summary(self) -> pd.DataFrame:
-        return canonical_order(tables.summarize(self.evals(), self.runs(), self.run_costs()), RUN_ORDER)
+        return canonical_order(tables.summarize(self.evals(), self.runs(), self.run_costs(), self.curves()),
+                               RUN_ORDER)
 
     def published(self) -> pd.DataFrame:
         from clbench.presets import PUBLISHED_COLUMNS
@@ -303,12 +312,14 @@ class ResultStore:
 
     def write_derived(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rewrite every table from the journal (runs.csv last); return the summary and the leaderboard."""
-        evals, costs, runs = self.evals(), self.costs(), self.runs()
+        evals, costs, runs, curves = self.evals(), self.costs(), self.runs(), self.curves()
         # sorted before the leaderboard aggregates it, so that each configuration's seeds are summed in one order
-        summary = canonical_order(tables.summarize(evals, runs, _run_costs(costs)), RUN_ORDER)
+        summary = canonical_order(tables.summarize(evals, runs, _run_costs(costs), curves), RUN_ORDER)
         board = self.leaderboard(summary, runs)
         write_csv(evals, self._path("evals"))
         write_csv(costs, self._path("costs"))
+        if not curves.empty or self._path("curves").exists():
+            write_csv(curves, self._path("curves"))
         write_csv(summary, self._path("summary"))
         write_csv(board, self._path("leaderboard"))
         write_csv(runs, self._path("runs"))
@@ -319,6 +330,7 @@ class ResultStore:
 RUN_ORDER = ["benchmark", "scenario", "strategy", "config_id", "seed", "run_id"]
 EVAL_ORDER = ["run_id", "step", "eval_exp", "metric"]
 COST_ORDER = ["run_id", "step"]
+CURVE_ORDER = ["run_id", "global_step", "train_exp", "exp_step", "eval_exp", "metric"]
 
 
 def canonical_order(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -400,6 +412,8 @@ _TEXT, _INT, _NUMBER = ((str,), "a string"), ((int,), "an integer"), ((int, floa
 RUN_FIELDS = {"run_id": _TEXT, "status": _TEXT, "config_id": _TEXT, "benchmark": _TEXT, "scenario": _TEXT,
               "strategy": _TEXT, "params": _TEXT, "seed": _INT}
 EVAL_FIELDS = {"run_id": _TEXT, "step": _INT, "eval_exp": _INT, "metric": _TEXT, "value": _NUMBER}
+CURVE_FIELDS = {"run_id": _TEXT, "train_exp": _INT, "exp_step": _INT, "global_step": _INT, "samples_seen": _INT,
+                "eval_exp": _INT, "metric": _TEXT, "value": _NUMBER}
 COST_FIELDS = {"run_id": _TEXT, "step": _INT, "train_s": _NUMBER, "eval_s": _NUMBER, "peak_rss_mb": _NUMBER,
                "strategy_mem_mb": _NUMBER}
 
@@ -445,8 +459,8 @@ def _check_entry(entry) -> None:
     run_id = entry["run"]["run_id"]
     if not run_id:
         raise _Damaged('"run"."run_id" is empty')
-    for key, fields in (("evals", EVAL_FIELDS), ("costs", COST_FIELDS)):
-        rows = entry[key]
+    for key, fields in (("evals", EVAL_FIELDS), ("costs", COST_FIELDS), ("curves", CURVE_FIELDS)):
+        rows = entry.get(key, [])  # "curves" is absent in entries from before continual evaluation
         if not isinstance(rows, list):
             raise _Damaged(f'"{key}" must be a list, got {_json_kind(rows)}')
         for i, row in enumerate(rows):

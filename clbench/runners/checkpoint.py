@@ -63,6 +63,7 @@ class SavedRun:
     duration_s: float
     evals: list[dict]
     costs: list[dict]
+    curves: list[dict]
     strategy_state: dict
     order_rng: torch.Tensor
     global_rng: dict
@@ -76,7 +77,7 @@ class SavedRun:
 
 
 def save_checkpoint(path: Path, *, run_id: str, strategy, order_generator: torch.Generator, next_experience: int,
-                    evals: list[dict], costs: list[dict], duration_s: float) -> None:
+                    evals: list[dict], costs: list[dict], duration_s: float, curves: list[dict] = ()) -> None:
     """Write the run's state atomically: a kill while writing leaves the previous checkpoint intact.
 
     Raises NotCheckpointable (a TypeError) when the strategy's state is not tensors and plain values.
@@ -89,6 +90,7 @@ def save_checkpoint(path: Path, *, run_id: str, strategy, order_generator: torch
         "duration_s": duration_s,
         "evals": evals,
         "costs": costs,
+        "curves": list(curves),
         "rng": {**_global_rng(), "order": order_generator.get_state()},
         "strategy": strategy.checkpoint_state(),
     }
@@ -157,7 +159,7 @@ def _read(path: Path, run_id: str, n_experiences: int) -> SavedRun:
     if not math.isfinite(duration_s) or duration_s < 0:
         raise InvalidCheckpoint(f"duration {duration_s} is not a finite number of seconds")
     rows = {}
-    for name in ("evals", "costs"):
+    for name in ("evals", "costs", "curves"):
         rows[name] = _field(state, name, list)
         if not all(isinstance(r, dict) and all(isinstance(k, str) for k in r) for r in rows[name]):
             raise InvalidCheckpoint(f"{name} are not all rows of named values")
@@ -170,6 +172,7 @@ def _read(path: Path, run_id: str, n_experiences: int) -> SavedRun:
         duration_s=duration_s,
         evals=rows["evals"],
         costs=rows["costs"],
+        curves=rows["curves"],
         strategy_state=_field(state, "strategy", dict),
         order_rng=rng["order"],
         global_rng={"python": _python_rng(rng.get("python")), "numpy": _numpy_rng(rng.get("numpy")),

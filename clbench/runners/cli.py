@@ -103,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--test-subset", type=int, default=None, metavar="N", help="at most N test samples per exp.")
     run.add_argument("--eval-every", type=int, default=1, metavar="K",
                      help="full accuracy rows every K experiences (and the last); in between only R[i,i], R[i,i+1]")
+    run.add_argument("--eval-period", type=int, default=None, metavar="N",
+                     help="continual evaluation: every N optimizer steps (and each experience's first and last) "
+                          "evaluate the seen experiences and the next one on --eval-subset test samples; rows go to "
+                          "curves.csv (default: boundaries only)")
+    run.add_argument("--eval-subset", type=int, default=1000, metavar="M",
+                     help="test samples per experience (class-balanced, fixed by the stream seed) of the continual "
+                          "evaluation (default: 1000)")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     run.add_argument("--data-root", default=None, help="dataset folder (default: $CLBENCH_DATA or a user cache)")
@@ -121,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "benchmark × scenario, best in bold (default: from the extension of -o)")
     board.add_argument("--metric", default=None, metavar="M",
                        help="the metric of a markdown or latex table (default: acc)")
+    board.add_argument("--l2metrics", action="store_true",
+                       help="pair each run with its `separate` run (same stream, settings and seed) and add "
+                            "l2metrics' lifelong-learning metrics (docs/L2METRICS.md)")
 
     plot = sub.add_parser("plot", help="(re)draw the plots of an output folder into DIR/plots: per run, and per "
                                        "benchmark × scenario the average-accuracy curves and the acc bars")
@@ -246,7 +256,8 @@ def _resolve_run(args):
     for cls in classes:
         cls.check_train(train)
     check_device(args.device)
-    for flag in ("train_subset", "test_subset", "n_experiences", "threads", "eval_every"):
+    for flag in ("train_subset", "test_subset", "n_experiences", "threads", "eval_every", "eval_period",
+                 "eval_subset"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -266,7 +277,7 @@ def _resolve_run(args):
                   params=params[cls.name], seed=seed,
                   stream_seed=args.stream_seed, n_experiences=args.n_experiences, train_subset=args.train_subset,
                   test_subset=args.test_subset, train=train, eval_every=args.eval_every, backbone=args.backbone,
-                  class_order=args.class_order)
+                  class_order=args.class_order, eval_period=args.eval_period, eval_subset=args.eval_subset)
         for bench in args.benchmark for scenario in args.scenario for cls in classes for seed in args.seeds
     ]
     return configs, streams
@@ -278,7 +289,9 @@ def format_leaderboard(board: pd.DataFrame) -> str:
     is n/a in a scenario shown (tables.NOT_APPLICABLE)."""
     if board.empty:
         return "(no finished runs)"
-    view = tables.format_mean_sem(board, metrics=["acc", "bwt", "forgetting", "fwt", "la", "train_s"])
+    # format_mean_sem leaves out the metrics the board lacks: acc_taw (class-IL), min_acc and wc_acc (curves)
+    view = tables.format_mean_sem(board, metrics=["acc", "acc_taw", "min_acc", "wc_acc", "bwt", "forgetting", "fwt",
+                                                  "la", "train_s"])
     # The label recorded with the runs (tables.labels_of): printing a folder's leaderboard never imports a strategy.
     if "label" in board.columns:
         view["params"] = board["label"]
@@ -358,7 +371,7 @@ def _finish(store, args, failed: int) -> int:
 def _plot(store, summary, board, fmt: str = "png"):
     from clbench.results.plots import plot_output_dir
 
-    return plot_output_dir(store.evals(), summary, board, store.root, fmt=fmt)
+    return plot_output_dir(store.evals(), summary, board, store.root, fmt=fmt, curves_df=store.curves())
 
 
 def _existing_store(path: Path):
@@ -380,6 +393,15 @@ def cmd_leaderboard(args) -> int:
     summary = merge_summaries([s.summary() for s in stores])  # each run once, in canonical row order
     published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
     runs = merge_runs([s.runs() for s in stores])  # failed runs too: the leaderboard counts them
+    unpaired = None
+    if args.l2metrics:
+        from clbench.results.experts import with_lifelong_metrics
+
+        evals = pd.concat([s.evals() for s in stores], ignore_index=True).drop_duplicates(
+            ["run_id", "step", "eval_exp", "metric"])
+        curves = pd.concat([s.curves() for s in stores], ignore_index=True).drop_duplicates(
+            ["run_id", "train_exp", "exp_step", "eval_exp", "metric"])
+        summary, unpaired = with_lifelong_metrics(summary, evals, curves)
     board = compare(tables.leaderboard(summary, runs), published)
     fmt = _board_format(args)
     if fmt == "csv":
@@ -387,6 +409,10 @@ def cmd_leaderboard(args) -> int:
     else:  # a paper-ready table of one metric
         _write_table(board, fmt, args.metric or "acc", args.output)
     print(format_leaderboard(board))
+    if unpaired:
+        print(f"\n--l2metrics: {unpaired} run(s) have no `separate` run with the same benchmark, stream, settings and "
+              "seed; their lifelong-learning columns are empty (run `--strategy separate --scenario task` with the "
+              "same settings)")
     return 0
 
 

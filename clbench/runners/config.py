@@ -40,6 +40,10 @@ class RunConfig:
     eval_every: int = 1  # full rows of R every k training experiences (and at the last); see loop.evaluated
     backbone: str | None = None  # None: the benchmark's reference backbone
     class_order: str = "seeded"  # split benchmarks: "natural" keeps label order
+    # Continual evaluation (De Lange et al. 2023): every `eval_period` optimizer steps (and at each experience's first
+    # and last step) the seen experiences and the next one, on `eval_subset` test samples each; None: boundaries only.
+    eval_period: int | None = None
+    eval_subset: int = 1000
     # Where the strategy's class lives ("package.module:Class"; registry.strategy_ref), so that worker processes and
     # Ray tasks import it from there; `strategy` is its display name. None: looked up from `strategy` now.
     strategy_ref: str | None = None
@@ -76,6 +80,9 @@ class RunConfig:
             out.pop("backbone")
         if self.class_order == "seeded":
             out.pop("class_order")
+        if self.eval_period is None:  # boundaries only: the subset size is unused, and older run ids stay valid
+            out.pop("eval_period")
+            out.pop("eval_subset")
         return out
 
     def settings(self) -> dict:
@@ -83,6 +90,7 @@ class RunConfig:
         return dataclasses.asdict(self.train) | {
             "n_experiences": self.n_experiences, "train_subset": self.train_subset, "test_subset": self.test_subset,
             "eval_every": self.eval_every, "backbone": self.backbone, "class_order": self.class_order,
+            "eval_period": self.eval_period, "eval_subset": self.eval_subset if self.eval_period else None,
         }
 
     @property

@@ -2,7 +2,14 @@
 
 For a stream of T experiences it evaluates every experience before training (row b, step −1) and after each training
 experience (row i of R, step i), the not-yet-trained experiences included, so every metric of METRICS.md can be read
-off the evaluation table afterwards.
+off the evaluation table afterwards. In class-IL each evaluation also records the task-aware accuracy
+(``accuracy_taw``: the argmax over the evaluated experience's own units, from the same logits).
+
+With ``config.eval_period`` it also evaluates *during* training (continual evaluation, De Lange et al. 2023): after
+every ``eval_period``-th optimizer step of an experience, before its first step and after its first and last, on a
+fixed class-balanced subsample of the test sets of the experiences seen so far and the next one. Those rows are the
+run's curves (``RunResult.curves``); they never change training (the model's train/eval modes and the global random
+generators are restored after each such evaluation), so R is bit for bit the same with and without them.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,7 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from clbench.benchmarks import Batch, Stream, TensorData, batch_slices, batches_per_pass, build_backbone
+from clbench.benchmarks import Batch, Experience, Stream, TensorData, batch_slices, batches_per_pass, build_backbone
+from clbench.benchmarks.generators import balanced_subsample
 from clbench.runners.checkpoint import SavedRun, load_checkpoint, save_checkpoint, warn_ignored
 from clbench.runners.config import RunConfig
 from clbench.runners.memory import peak_rss_mb, reset_peak_rss
@@ -43,6 +52,8 @@ class RunResult:
     duration_s: float = 0.0
     evals: list[dict] = field(default_factory=list)  # step, eval_exp, metric, value, n
     costs: list[dict] = field(default_factory=list)  # step, train_s, eval_s, peak_rss_mb, strategy_mem_mb, loss
+    # train_exp, exp_step, global_step, samples_seen, eval_exp, metric, value, n (with config.eval_period)
+    curves: list[dict] = field(default_factory=list)
 
 
 def run_seeds(config: RunConfig) -> tuple[int, int, int]:
@@ -65,20 +76,117 @@ def evaluated(step: int, n_experiences: int, eval_every: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device, experiences=None) -> list[dict]:
-    """Accuracy of the strategy's predictions on the test sets of `experiences` (default all); task ids only in
-    task-IL."""
+def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device, experiences=None,
+             test_sets: dict[int, TensorData] | None = None) -> list[dict]:
+    """Accuracy of the strategy's predictions on the test sets of `experiences` (default all), or on `test_sets[j]`
+    where given; task ids only in task-IL. In class-IL also ``accuracy_taw``: the argmax restricted to the evaluated
+    experience's units (FACIL's and Mammoth's task-aware accuracy), from the same forward pass."""
+    class_il = stream.spec.scenario == "class"
     rows = []
     for exp in stream if experiences is None else (stream[j] for j in experiences):
-        test = exp.test
+        test = exp.test if test_sets is None else test_sets[exp.index]
         task_id = exp.task_id if stream.spec.scenario == "task" else None
-        correct = 0
+        units = torch.tensor(exp.classes, device=device) if class_il else None
+        correct = correct_taw = 0
         for start in range(0, len(test), batch_size):
             x = test.x[start : start + batch_size].to(device)
             y = test.y[start : start + batch_size].to(device)
-            correct += (strategy.predict(x, task_id).argmax(dim=1) == y).sum().item()
+            logits = strategy.predict(x, task_id)
+            correct += (logits.argmax(dim=1) == y).sum().item()
+            if class_il:
+                correct_taw += (units[logits[:, units].argmax(dim=1)] == y).sum().item()
         rows.append({"eval_exp": exp.index, "metric": "accuracy", "value": correct / len(test), "n": len(test)})
+        if class_il:
+            rows.append({"eval_exp": exp.index, "metric": "accuracy_taw", "value": correct_taw / len(test),
+                         "n": len(test)})
     return rows
+
+
+def curve_test_sets(stream: Stream, per_experience: int) -> dict[int, TensorData]:
+    """The fixed test subsample of every experience that continual evaluation uses: at most `per_experience`
+    samples, class-balanced, drawn from the stream seed and the experience index alone, so every strategy and
+    training seed of a stream is evaluated on the same samples (ContinualEvaluation's default is 1000)."""
+    out = {}
+    for exp in stream:
+        seed = int(np.random.SeedSequence([stream.spec.stream_seed, exp.index]).generate_state(1)[0])
+        index = balanced_subsample(exp.test.y, per_experience, torch.Generator().manual_seed(seed))
+        out[exp.index] = exp.test.subset(index.to(exp.test.y.device))
+    return out
+
+
+class _CountingBatches:
+    """Passes mini-batches through, counting the samples drawn (a strategy pulls one batch per step)."""
+
+    def __init__(self, batches: Iterator[Batch]):
+        self.batches = batches
+        self.samples = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Batch:
+        batch = next(self.batches)
+        self.samples += len(batch.y)
+        return batch
+
+
+class _ContinualEvaluator:
+    """Evaluation points within experiences (eval_period), recorded as curve rows; restores everything an evaluation
+    could change in training: modules' train/eval flags and the global random generators."""
+
+    def __init__(self, strategy: Strategy, stream: Stream, config: RunConfig, device, result: RunResult):
+        self.strategy, self.stream, self.config, self.device, self.result = strategy, stream, config, device, result
+        self.period = config.eval_period
+        self.test_sets = curve_test_sets(stream, config.eval_subset)
+        self.global_step = max((r["global_step"] for r in result.curves), default=0)  # a resumed run goes on
+        self.samples_seen = max((r["samples_seen"] for r in result.curves), default=0)
+        self.seconds = 0.0
+
+    def due(self, exp_step: int) -> bool:
+        return exp_step <= 1 or exp_step % self.period == 0
+
+    def record(self, exp: Experience, exp_step: int, samples: int) -> None:
+        t0 = time.perf_counter()
+        modes = [(m, m.training) for m in _modules(self.strategy)]
+        rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        chosen = [j for j in range(exp.index + 2) if j < len(self.stream)]
+        try:
+            rows = evaluate(self.strategy, self.stream, self.config.train.eval_batch_size, self.device, chosen,
+                            self.test_sets)
+        finally:
+            for module, training in modes:
+                module.training = training
+            random.setstate(rng[0])
+            np.random.set_state(rng[1])
+            torch.set_rng_state(rng[2])
+        point = {"train_exp": exp.index, "exp_step": exp_step, "global_step": self.global_step + exp_step,
+                 "samples_seen": self.samples_seen + samples}
+        self.result.curves.extend({**point, **row} for row in rows)
+        self.seconds += time.perf_counter() - t0
+
+    def train(self, exp: Experience, losses: Iterator[float], batches: _CountingBatches) -> Iterator[float]:
+        """`losses` (one per step), with the evaluation points of this experience taken in between."""
+        self.record(exp, 0, 0)
+        steps = 0
+        for steps, loss in enumerate(losses, start=1):
+            yield loss
+            if self.due(steps):
+                self.record(exp, steps, batches.samples)
+        if not self.due(steps):  # the last step
+            self.record(exp, steps, batches.samples)
+        self.global_step += steps
+        self.samples_seen += batches.samples
+
+
+def _modules(strategy: Strategy) -> list[torch.nn.Module]:
+    """Every module a strategy holds (its model, teachers, hypernetworks), each submodule once."""
+    seen: dict[int, torch.nn.Module] = {}
+    for value in vars(strategy).values():
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if isinstance(item, torch.nn.Module):
+                for module in item.modules():
+                    seen.setdefault(id(module), module)
+    return list(seen.values())
 
 
 def minibatches(data: TensorData | list[TensorData], cfg: TrainConfig,
@@ -153,11 +261,13 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
     if saved is not None:
         first = saved.next_experience
         result.evals, result.costs, result.duration_s = saved.evals, saved.costs, saved.duration_s
+        result.curves = saved.curves
     if checkpoint is not None and not strategy.checkpointable:
         logger.info("strategy %s cannot be checkpointed: run %s saves no checkpoint", config.strategy, config.run_id)
         checkpoint = None
+    periodic = _ContinualEvaluator(strategy, stream, config, device, result) if config.eval_period else None
 
-    def record(step: int, train_s: float, loss: float, evaluate_now: bool = True) -> None:
+    def record(step: int, train_s: float, loss: float, evaluate_now: bool = True, curve_s: float = 0.0) -> None:
         t0 = time.perf_counter()
         chosen = evaluated(step, len(stream), config.eval_every) if evaluate_now else []
         for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen):
@@ -165,8 +275,8 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         result.costs.append(
             {
                 "step": step,
-                "train_s": train_s,
-                "eval_s": time.perf_counter() - t0,
+                "train_s": train_s - curve_s,  # the evaluations within the experience are evaluation time
+                "eval_s": time.perf_counter() - t0 + curve_s,
                 "peak_rss_mb": peak_rss_mb(),
                 "strategy_mem_mb": strategy.state_bytes() / 2**20,
                 "train_loss": loss,
@@ -186,21 +296,26 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         # last experience, for all of them), or None: not trained here, so there is no model to evaluate either.
         budget = strategy.experience_train(exp)
         losses = []
+        curve_before = periodic.seconds if periodic else 0.0
         if budget is not None:
             data = strategy.train_data(exp)
             data = [d.to(device) for d in data] if isinstance(data, list) else data.to(device)
-            for loss in strategy.fit_experience(exp, minibatches(data, budget, order_generator)):
+            batches = _CountingBatches(minibatches(data, budget, order_generator))
+            steps = strategy.fit_experience(exp, batches)
+            for loss in steps if periodic is None else periodic.train(exp, steps, batches):
                 if not math.isfinite(loss):
                     raise DivergedError(f"loss became {loss} in experience {exp.index}")
                 losses.append(loss)
         strategy.after_experience(exp)
         mean_loss = float(np.mean(losses)) if losses else math.nan
         bar.set_postfix(loss=f"{mean_loss:.3f}")
-        record(exp.index, time.perf_counter() - t0, mean_loss, evaluate_now=budget is not None)
+        curve_s = periodic.seconds - curve_before if periodic else 0.0
+        record(exp.index, time.perf_counter() - t0, mean_loss, evaluate_now=budget is not None, curve_s=curve_s)
         if checkpoint is not None and exp.index < len(stream) - 1:
             try:
                 save_checkpoint(checkpoint, run_id=config.run_id, strategy=strategy, order_generator=order_generator,
                                 next_experience=exp.index + 1, evals=result.evals, costs=result.costs,
+                                curves=result.curves,
                                 duration_s=result.duration_s + time.perf_counter() - run_started)
             except NotCheckpointable as err:  # a user strategy holding other objects: run on, without checkpoints
                 logger.warning("run %s saves no checkpoint: %s", config.run_id, err)

@@ -10,7 +10,7 @@ from clbench.strategies.registry import params_label
 
 
 def journal_entry(result: RunResult, *, versions: dict, device: str) -> dict:
-    """One run as a journal line: its runs row and, for a finished run, its eval and cost rows."""
+    """One run as a journal line: its runs row and, for a finished run, its eval, cost and curve rows."""
     cfg = result.config
     keys = {"run_id": cfg.run_id, "benchmark": cfg.benchmark, "scenario": cfg.scenario, "strategy": cfg.strategy,
             "seed": cfg.seed}
@@ -35,4 +35,5 @@ def journal_entry(result: RunResult, *, versions: dict, device: str) -> dict:
         "run": run_row,
         "evals": [{**keys, **row} for row in result.evals] if ok else [],
         "costs": [{**keys, **row} for row in result.costs] if ok else [],
+        "curves": [{**keys, **row} for row in result.curves] if ok else [],
     }

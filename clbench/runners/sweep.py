@@ -54,8 +54,8 @@ TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name"
 SETTINGS = {
     "epochs": int, "iterations": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
     "optimizer": str, "eval_batch_size": int, "optimizer_state": str, "normalize": str, "drop_last": bool,
-    "stream_seed": int, "n_experiences": int, "train_subset": int,
-    "test_subset": int, "eval_every": int, "backbone": str, "class_order": str, "threads": int, "device": str,
+    "stream_seed": int, "n_experiences": int, "train_subset": int, "test_subset": int, "eval_every": int,
+    "eval_period": int, "eval_subset": int, "backbone": str, "class_order": str, "threads": int, "device": str,
     "data_root": str, "checkpoint": bool,
 }  # fmt: skip
 STREAM_FIELDS = ("benchmark", "scenario", "stream_seed", "n_experiences", "train_subset", "test_subset", "backbone",
@@ -205,7 +205,8 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
         if scenario not in SCENARIOS:
             raise unknown_choice("scenario", scenario, SCENARIOS)
     settings = _settings(spec.get("settings", {}), SETTINGS, where)
-    for key in ("n_experiences", "train_subset", "test_subset", "eval_every", "threads"):
+    for key in ("n_experiences", "train_subset", "test_subset", "eval_every", "eval_period", "eval_subset",
+                "threads"):
         if key in settings and settings[key] < 1:
             raise UsageError(f"{where}: setting {key} must be at least 1, got {settings[key]}")
     if settings.get("stream_seed", 0) < 0:
@@ -260,7 +261,8 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     for bench in benchmarks:
         check_class_order(settings.get("class_order", "seeded"), bench)
     run_options = {k: settings[k] for k in ("stream_seed", "n_experiences", "train_subset", "test_subset",
-                                            "eval_every", "backbone", "class_order") if k in settings}
+                                            "eval_every", "eval_period", "eval_subset", "backbone", "class_order")
+                   if k in settings}
     configs = [
         RunConfig(benchmark=bench.name, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
                   params=params, seed=seed, train=train, **run_options)
