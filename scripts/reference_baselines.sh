@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The baselines added to the reference leaderboard (SI, MAS, DER/DER++, ER-ACE, iCaRL, GDumb, and replay at 500
-# samples next to its 1000), with the reference settings: Split-Fashion-MNIST (class- and task-IL) and
+# samples next to its 1000; the single-task experts `separate` in task-IL), with the reference settings: Split-Fashion-MNIST (class- and task-IL) and
 # Permuted-Fashion-MNIST (domain-IL), 5 experiences, MLP 2x400, SGD lr 0.01 momentum 0.9, batch 128, 1 epoch, 3 seeds.
 # Replay-based methods at equal memory, 500 and 1000 samples.
 # Usage: scripts/reference_baselines.sh [OUT]   (default results/reference-baselines; needs `make install`)
@@ -28,3 +28,5 @@ for bench in "split-fmnist class task" "permuted-fmnist domain"; do
         done
     fi
 done
+# the single-task experts (task-IL only): one model per experience, the reference of `clbench leaderboard --l2metrics`
+"$clbench" run --benchmark split-fmnist permuted-fmnist --scenario task --strategy separate "${common[@]}"
