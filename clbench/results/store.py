@@ -38,7 +38,7 @@ from clbench.metrics import tables
 
 STEP_COSTS_COLUMNS = [
     "run_id", "benchmark", "scenario", "strategy", "seed", "step",
-    "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb", "train_loss",
+    "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb", "train_loss", "steps",
 ]  # fmt: skip
 
 

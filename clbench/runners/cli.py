@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 import clbench
 from clbench.benchmarks import SCENARIOS, benchmark_info, list_benchmarks, make_stream
+from clbench.benchmarks.registry import TRAINING_KEYS
 from clbench.errors import UsageError, unknown_choice
 from clbench.metrics import tables
 from clbench.strategies import TrainConfig, get_strategy, strategy_names
@@ -64,6 +65,12 @@ def _input_path(text: str) -> Path:
     return Path(text)
 
 
+def _training_epilog() -> str:
+    lines = ["training settings a run uses unless its flags set them (the benchmark's standard ones):"]
+    lines += [f"  {info.name:<18} {info.training_text()}" for info in list_benchmarks()]
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="clbench", description=clbench.__doc__)
     parser.add_argument("--version", action="version", version=f"clbench {clbench.__version__}")
@@ -71,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="benchmarks (with scenarios) and strategies (with hyperparameters and defaults)")
 
-    run = sub.add_parser("run", help="train strategies through streams and record every accuracy")
+    run = sub.add_parser("run", help="train strategies through streams and record every accuracy",
+                         epilog=_training_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--benchmark", nargs="+", required=True, metavar="B", help="one or more named benchmarks")
     run.add_argument("--scenario", nargs="+", required=True, metavar="S", help=f"one or more of {', '.join(SCENARIOS)}")
     run.add_argument("--strategy", nargs="+", required=True, metavar="X",
@@ -83,14 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--class-order", default="seeded", help="split benchmarks: seeded (drawn from the stream seed, "
                                                               "default) or natural (0/1, 2/3, ...)")
     run.add_argument("--n-experiences", type=int, default=None, help="override the benchmark's number of experiences")
-    run.add_argument("--epochs", type=int, default=1)
+    # None: the benchmark's standard setting (BenchmarkInfo.training; `clbench list`, the epilog of run --help)
+    run.add_argument("--epochs", type=int, default=None, help="passes over each experience (default: the "
+                                                                "benchmark's, see below)")
     run.add_argument("--iterations", type=int, default=None, metavar="N",
                      help="optimizer steps per experience instead of epochs (reshuffling at every pass)")
-    run.add_argument("--batch-size", type=int, default=128)
-    run.add_argument("--lr", type=float, default=0.01)
-    run.add_argument("--momentum", type=float, default=0.0)
+    run.add_argument("--batch-size", type=int, default=None, help="default: the benchmark's")
+    run.add_argument("--lr", type=float, default=None, help="default: the benchmark's")
+    run.add_argument("--momentum", type=float, default=None,
+                     help="SGD momentum (default: the benchmark's; 0 with an optimizer other than the benchmark's)")
     run.add_argument("--weight-decay", type=float, default=0.0)
-    run.add_argument("--optimizer", default="sgd", help="sgd or adam (default: sgd)")
+    run.add_argument("--optimizer", default=None, help="sgd or adam (default: the benchmark's)")
     run.add_argument("--optimizer-state", default="reset", help="reset: a new optimizer at every experience "
                                                                "(default); keep: one optimizer for the whole run")
     run.add_argument("--normalize", default="standardize", help="backbone input: standardize with the dataset's "
@@ -219,6 +230,7 @@ def cmd_list(args) -> int:
     for info in list_benchmarks():
         print(f"  {info.name:<18} scenarios: {', '.join(info.scenarios):<14} experiences: "
               f"{info.default_n_experiences:<3} backbone: {info.backbone}")
+        print(f"  {'':<18} training: {info.training_text()}")
     print("\nStrategies")
     for name in strategy_names():
         cls = get_strategy(name)
@@ -246,15 +258,20 @@ def _resolve_run(args):
     check_seeds(args.seeds, "--seeds")
     if args.stream_seed < 0:
         raise UsageError(f"--stream-seed must be >= 0, got {args.stream_seed}")
-    train = TrainConfig(epochs=args.epochs, iterations=args.iterations, batch_size=args.batch_size, lr=args.lr,
-                        momentum=args.momentum, weight_decay=args.weight_decay, optimizer=args.optimizer,
-                        eval_batch_size=args.eval_batch_size, optimizer_state=args.optimizer_state,
-                        normalize=args.normalize, drop_last=args.drop_last)
+    given = {key: getattr(args, key) for key in TRAINING_KEYS if getattr(args, key) is not None}
+    trains = {
+        info.name: TrainConfig(**info.training_with(given), iterations=args.iterations,
+                               weight_decay=args.weight_decay, eval_batch_size=args.eval_batch_size,
+                               optimizer_state=args.optimizer_state, normalize=args.normalize,
+                               drop_last=args.drop_last)
+        for info in benchmarks
+    }
     for scenario in args.scenario:
         for checker in (*benchmarks, *classes):
             checker.check_scenario(scenario)
     for cls in classes:
-        cls.check_train(train)
+        for train in trains.values():
+            cls.check_train(train)
     check_device(args.device)
     for flag in ("train_subset", "test_subset", "n_experiences", "threads", "eval_every", "eval_period",
                  "eval_subset"):
@@ -276,8 +293,9 @@ def _resolve_run(args):
         RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
                   params=params[cls.name], seed=seed,
                   stream_seed=args.stream_seed, n_experiences=args.n_experiences, train_subset=args.train_subset,
-                  test_subset=args.test_subset, train=train, eval_every=args.eval_every, backbone=args.backbone,
-                  class_order=args.class_order, eval_period=args.eval_period, eval_subset=args.eval_subset)
+                  test_subset=args.test_subset, train=trains[bench], eval_every=args.eval_every,
+                  backbone=args.backbone, class_order=args.class_order, eval_period=args.eval_period,
+                  eval_subset=args.eval_subset)
         for bench in args.benchmark for scenario in args.scenario for cls in classes for seed in args.seeds
     ]
     return configs, streams
@@ -348,6 +366,11 @@ def _record(store, result, device: str) -> bool:
     from clbench.runners.record import journal_entry
 
     store.append_entry(journal_entry(result, versions=versions(), device=device))
+    from clbench.runners.loop import learned_nothing
+
+    warning = learned_nothing(result)
+    if warning:
+        tqdm.write(warning, file=sys.stderr)
     if result.status != "ok":
         cfg = result.config
         tqdm.write(f"run {cfg.run_id} ({cfg.strategy}, seed {cfg.seed}) failed: {result.error}")

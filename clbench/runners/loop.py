@@ -54,6 +54,39 @@ class RunResult:
     costs: list[dict] = field(default_factory=list)  # step, train_s, eval_s, peak_rss_mb, strategy_mem_mb, loss
     # train_exp, exp_step, global_step, samples_seen, eval_exp, metric, value, n (with config.eval_period)
     curves: list[dict] = field(default_factory=list)
+    chance: float = math.nan  # the accuracy of a uniform guess over the units a prediction chooses among
+
+
+#: A run whose learning accuracy is at most this far above chance has learned (almost) nothing: warned about.
+CHANCE_MARGIN = 0.05
+
+
+def chance_accuracy(spec) -> float:
+    """Mean over experiences of 1/k, k the units an evaluation of that experience chooses among: every unit in
+    class- and domain-IL, the experience's own in task-IL."""
+    if spec.scenario == "task":
+        return float(np.mean([1 / len(c) for c in spec.classes_per_experience]))
+    return 1 / spec.n_classes
+
+
+def learned_nothing(result: RunResult) -> str | None:
+    """One warning line when a finished run's learning accuracy (mean of R[i, i]) is within CHANCE_MARGIN of
+    chance, naming the run, its optimizer steps per experience and the likely cause; None otherwise."""
+    diagonal = [r["value"] for r in result.evals if r["metric"] == "accuracy" and r["step"] == r["eval_exp"]]
+    if result.status != "ok" or not diagonal or not math.isfinite(result.chance):
+        return None
+    la = float(np.mean(diagonal))
+    if la > result.chance + CHANCE_MARGIN:
+        return None
+    steps = sorted({c["steps"] for c in result.costs if c["step"] >= 0 and c.get("steps")})
+    shown = "no" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    cfg = result.config
+    cause = ("too few optimizer steps for this learning rate: raise --epochs or --iterations (or lower "
+             "--batch-size), or --lr" if not steps or steps[-1] < 50 else
+             "the learning rate or the method's hyperparameters: try another --lr or check its --set values")
+    return (f"warning: run {cfg.run_id} ({cfg.strategy} on {cfg.benchmark}/{cfg.scenario}, seed {cfg.seed}) learned "
+            f"almost nothing: learning accuracy {la:.3f}, chance {result.chance:.3f}, with {shown} optimizer steps "
+            f"per experience; likely cause: {cause}")
 
 
 def run_seeds(config: RunConfig) -> tuple[int, int, int]:
@@ -240,7 +273,7 @@ def run(config: RunConfig, stream: Stream, *, device="cpu", progress: bool = Tru
     is removed when the run ends. The file holds tensors and JSON only (`clbench.runners.checkpoint`); one that is
     not a valid checkpoint of this run is ignored with a warning. Strategies with `checkpointable = False` save none.
     """
-    result = RunResult(config)
+    result = RunResult(config, chance=chance_accuracy(stream.spec))
     started = time.perf_counter()
     try:
         _run(config, stream, torch.device(device), result, progress, checkpoint)
@@ -267,7 +300,8 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         checkpoint = None
     periodic = _ContinualEvaluator(strategy, stream, config, device, result) if config.eval_period else None
 
-    def record(step: int, train_s: float, loss: float, evaluate_now: bool = True, curve_s: float = 0.0) -> None:
+    def record(step: int, train_s: float, loss: float, evaluate_now: bool = True, curve_s: float = 0.0,
+               steps: int = 0) -> None:
         t0 = time.perf_counter()
         chosen = evaluated(step, len(stream), config.eval_every) if evaluate_now else []
         for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen):
@@ -280,6 +314,7 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
                 "peak_rss_mb": peak_rss_mb(),
                 "strategy_mem_mb": strategy.state_bytes() / 2**20,
                 "train_loss": loss,
+                "steps": steps,
             }
         )
 
@@ -310,7 +345,8 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         mean_loss = float(np.mean(losses)) if losses else math.nan
         bar.set_postfix(loss=f"{mean_loss:.3f}")
         curve_s = periodic.seconds - curve_before if periodic else 0.0
-        record(exp.index, time.perf_counter() - t0, mean_loss, evaluate_now=budget is not None, curve_s=curve_s)
+        record(exp.index, time.perf_counter() - t0, mean_loss, evaluate_now=budget is not None, curve_s=curve_s,
+               steps=len(losses))
         if checkpoint is not None and exp.index < len(stream) - 1:
             try:
                 save_checkpoint(checkpoint, run_id=config.run_id, strategy=strategy, order_generator=order_generator,

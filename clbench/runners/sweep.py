@@ -221,7 +221,7 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
         raise UsageError(f"{where}: needs at least one [[strategies]] table with a name")
     if not isinstance(entries, list):
         raise UsageError(f"{where}: 'strategies' must be a list of [[strategies]] tables, got {entries!r}")
-    variants: list[tuple[type, dict, list[str], TrainConfig]] = []
+    variants: list[tuple[type, dict, list[str], dict[str, TrainConfig]]] = []
     for entry in entries:
         if not isinstance(entry, dict):
             raise UsageError(f"{where}: every [[strategies]] entry must be a table with a name, got {entry!r}")
@@ -240,8 +240,10 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
                                      scenarios)
         # Per-method optimisation settings (papers tune the learning rate per method), over the sweep's own.
         own = _settings(entry.get("settings", {}), {k: SETTINGS[k] for k in TRAIN_SETTINGS}, label)
-        train = _train_config({**settings, **own}, label)
-        cls.check_train(train)
+        # a setting neither gives is the benchmark's standard one (BenchmarkInfo.training)
+        trains = {bench.name: _train_config(bench.training_with({**settings, **own}), label) for bench in benchmarks}
+        for train in trains.values():
+            cls.check_train(train)
         fixed, grid = _table(entry, "params", label), _table(entry, "grid", label)
         for key, values in grid.items():
             if not isinstance(values, list) or not values:
@@ -249,7 +251,7 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
         for combo in itertools.product(*grid.values()):
             params = cls.from_params({**fixed, **dict(zip(grid, combo, strict=True))}).get_params()
             check_finite_params(cls.name, params)
-            variants.append((cls, params, own_scenarios, train))
+            variants.append((cls, params, own_scenarios, trains))
     for scenario in scenarios:
         for bench in benchmarks:
             bench.check_scenario(scenario)
@@ -265,8 +267,8 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
                    if k in settings}
     configs = [
         RunConfig(benchmark=bench.name, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
-                  params=params, seed=seed, train=train, **run_options)
-        for bench in benchmarks for scenario in scenarios for cls, params, own_scenarios, train in variants
+                  params=params, seed=seed, train=trains[bench.name], **run_options)
+        for bench in benchmarks for scenario in scenarios for cls, params, own_scenarios, trains in variants
         if scenario in own_scenarios for seed in seeds
     ]
     unique = list({c.run_id: c for c in configs}.values())  # the same run listed twice runs once
