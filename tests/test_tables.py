@@ -36,14 +36,14 @@ def test_schema_constants():
                             "params", "label", "strategy_ref", "train_config", "versions", "device", "started_at",
                             "duration_s", "status", "error"]  # fmt: skip
     assert EVALS_COLUMNS == ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric",
-                             "value", "n"]  # fmt: skip
+                             "split", "value", "n"]  # fmt: skip
     assert SUMMARY_COLUMNS[:8] == ["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label",
                                    "seed"]
-    assert SUMMARY_COLUMNS[8:27] == SETTINGS_COLUMNS == [
+    assert SUMMARY_COLUMNS[8:28] == SETTINGS_COLUMNS == [
         "optimizer", "optimizer_state", "lr", "momentum", "weight_decay", "batch_size", "drop_last", "epochs",
         "iterations", "backbone", "normalize", "class_order", "train_subset", "test_subset", "eval_every",
-        "eval_period", "eval_subset", "n_experiences", "stream_seed"]  # fmt: skip
-    assert SUMMARY_COLUMNS[27:] == ["acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s",
+        "eval_period", "eval_subset", "validation_split", "n_experiences", "stream_seed"]  # fmt: skip
+    assert SUMMARY_COLUMNS[28:] == ["acc", "bwt", "fwt", "forgetting", "la", "aia", "train_s", "eval_s",
                                     "peak_rss_mb", "strategy_mem_mb"]  # fmt: skip
 
 

@@ -112,6 +112,8 @@ class Experience:
     classes: tuple[int, ...]
     train: TensorData
     test: TensorData
+    # A validation set carved out of the experience's training data (generators.with_validation); never trained on.
+    val: TensorData | None = None
 
     @property
     def task_id(self) -> int:
@@ -189,4 +191,5 @@ def _reindexed(exp: Experience, index: int) -> Experience:
             return TransformedTensorData(d.source, d.transform, d.y, torch.full_like(d.task, index))
         return TensorData(d.x, d.y, torch.full_like(d.task, index))
 
-    return Experience(index=index, classes=exp.classes, train=retag(exp.train), test=retag(exp.test))
+    return Experience(index=index, classes=exp.classes, train=retag(exp.train), test=retag(exp.test),
+                      val=None if exp.val is None else retag(exp.val))

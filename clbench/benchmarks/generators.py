@@ -15,6 +15,7 @@ Labels inside a stream are output units (see base.py):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 from collections.abc import Sequence
@@ -35,7 +36,7 @@ ROTATED_SCENARIOS = PERMUTED_SCENARIOS
 LAZY_TRAIN_ABOVE_BYTES = 2 * 2**30
 
 # Distinct tags keep the random streams of different purposes independent of each other.
-_CLASS_ORDER, _PERMUTATION, _ANGLES, _TRAIN_SUBSET, _TEST_SUBSET = range(5)
+_CLASS_ORDER, _PERMUTATION, _ANGLES, _TRAIN_SUBSET, _TEST_SUBSET, _VALIDATION = range(6)
 
 
 def _generator(stream_seed: int, *tags: int) -> torch.Generator:
@@ -406,3 +407,33 @@ def _materialise(dataset, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     except (TypeError, IndexError, KeyError) as error:
         raise UsageError(f"{what} must yield (x, y) pairs with tensor x (add a ToTensor transform?): {error}") from None
     return torch.cat(xs), torch.cat(ys)
+
+
+def with_validation(stream: Stream, fraction: float) -> Stream:
+    """The stream with a class-balanced validation set carved out of each experience's training data: round(fraction
+    × its size) samples (balanced_subsample: every class ⌊n/C⌋ or one more), drawn from the stream seed and the
+    experience index alone, so every strategy and training seed of the stream sees the same split. `train` becomes the
+    rest (the only samples trained on) and `val` the carved set, in the original sample order."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
+        raise UsageError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+    experiences = []
+    for exp in stream:
+        n_val = round(fraction * len(exp.train))
+        if not 1 <= n_val < len(exp.train):
+            raise UsageError(f"validation_split={fraction} leaves experience {exp.index} ({len(exp.train)} training "
+                             f"samples) with {n_val} validation and {len(exp.train) - n_val} training samples; both "
+                             "need at least one")
+        chosen = balanced_subsample(exp.train.y.cpu(), n_val, _generator(stream.spec.stream_seed, _VALIDATION,
+                                                                          exp.index))
+        keep = torch.ones(len(exp.train), dtype=torch.bool)
+        keep[chosen] = False
+        rest = torch.nonzero(keep).squeeze(1)
+        experiences.append(dataclasses.replace(exp, train=_take(exp.train, rest), val=_take(exp.train, chosen)))
+    return Stream(stream.spec, experiences)
+
+
+def _take(data: TensorData, index: torch.Tensor) -> TensorData:
+    """`data[index]`, still transformed when read if it was (a long permuted stream keeps its lazy training sets)."""
+    if isinstance(data, TransformedTensorData):
+        return TransformedTensorData(data.source[index], data.transform, data.y[index], data.task[index])
+    return data.subset(index)

@@ -20,6 +20,7 @@ from .generators import (
     permuted_stream,
     rotated_stream,
     split_stream,
+    with_validation,
 )
 
 _GENERATORS = {"split": split_stream, "permuted": permuted_stream, "rotated": rotated_stream}
@@ -183,6 +184,7 @@ def make_stream(
     test_subset: int | None = None,
     backbone: str | None = None,
     class_order: str = "seeded",
+    validation_split: float | None = None,
 ) -> Stream:
     """Build the named benchmark's stream for a scenario.
 
@@ -190,7 +192,8 @@ def make_stream(
     train_subset / test_subset cap the samples per experience (balanced over classes, drawn from the stream seed).
     backbone replaces the benchmark's reference backbone (a name from BACKBONES), e.g. a paper's own network.
     class_order "natural" keeps a split benchmark's classes in label order (0/1, 2/3, ...) instead of drawing it from
-    the stream seed.
+    the stream seed. validation_split F carves a class-balanced fraction F of each experience's training data into
+    its `val` set (generators.with_validation), fixed by the stream seed.
     """
     info = benchmark_info(name)
     info.check_scenario(scenario)
@@ -206,8 +209,10 @@ def make_stream(
     if info.kind == "split" and k % n:
         valid = ", ".join(str(d) for d in range(1, k + 1) if k % d == 0)
         raise UsageError(f"n_experiences={n} does not divide the {k} classes of {name}; valid choices: {valid}")
+    if validation_split is not None and (isinstance(validation_split, bool) or not 0 < validation_split < 1):
+        raise UsageError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
     ds = load_dataset(info.dataset, data_root=data_root, download=download)
-    return _GENERATORS[info.kind](
+    stream = _GENERATORS[info.kind](
         ds,
         scenario,
         n,
@@ -218,6 +223,7 @@ def make_stream(
         backbone=backbone or info.backbone,
         **({"class_order": range(k)} if class_order == "natural" else {}),
     )
+    return stream if validation_split is None else with_validation(stream, validation_split)
 
 
 CLASS_ORDERS = ("natural", "seeded")

@@ -27,6 +27,7 @@ from clbench.metrics.matrix import (
 __all__ = [
     "COSTS_COLUMNS",
     "EVALS_COLUMNS",
+    "SPLITS",
     "LEADERBOARD_KEYS",
     "LEADERBOARD_METRICS",
     "MATRIX_METRICS",
@@ -44,6 +45,7 @@ __all__ = [
     "matrices_from_evals",
     "mean_sem_str",
     "not_applicable_notes",
+    "on_split",
     "settings_of",
     "summarize",
 ]
@@ -52,7 +54,10 @@ RUNS_COLUMNS = [
     "run_id", "config_id", "benchmark", "scenario", "strategy", "seed", "stream_seed", "params", "label",
     "strategy_ref", "train_config", "versions", "device", "started_at", "duration_s", "status", "error",
 ]  # fmt: skip
-EVALS_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric", "value", "n"]
+#: split: "test", or "val" for the validation set of a run with validation_split (older folders: test only).
+EVALS_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric", "split", "value",
+                 "n"]
+SPLITS = ("test", "val")
 COSTS_COLUMNS = ["run_id", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"]
 #: Continual evaluation (RunConfig.eval_period): one row per (run, evaluation point within training, evaluated
 #: experience, metric). train_exp is the experience being trained, exp_step the optimizer steps done within it (0:
@@ -66,7 +71,7 @@ CURVES_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "train_
 SETTINGS_COLUMNS = [
     "optimizer", "optimizer_state", "lr", "momentum", "weight_decay", "batch_size", "drop_last", "epochs",
     "iterations", "backbone", "normalize", "class_order", "train_subset", "test_subset", "eval_every",
-    "eval_period", "eval_subset", "n_experiences", "stream_seed",
+    "eval_period", "eval_subset", "validation_split", "n_experiences", "stream_seed",
 ]  # fmt: skip
 _STRING_SETTINGS = {"optimizer", "optimizer_state", "backbone", "normalize", "class_order"}
 _BOOL_SETTINGS = {"drop_last"}
@@ -204,18 +209,29 @@ def _matrices(rows: pd.DataFrame, label: str) -> tuple[np.ndarray, np.ndarray | 
     return R, b
 
 
+def on_split(evals_df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """The eval rows of one split; a table without a split column (an older folder) is all test rows."""
+    if split not in SPLITS:
+        raise UsageError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    if "split" not in evals_df.columns:
+        return evals_df if split == "test" else evals_df.iloc[0:0]
+    return evals_df[evals_df["split"].fillna("test") == split]
+
+
 def matrices_from_evals(
-    evals_df: pd.DataFrame, run_id, metric: str = "accuracy"
+    evals_df: pd.DataFrame, run_id, metric: str = "accuracy", split: str = "test"
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Accuracy matrix ``R[step, eval_exp]`` (rows with step ≥ 0) and baseline ``b`` (step = −1, else None) of one run.
+    """Accuracy matrix ``R[step, eval_exp]`` (rows with step ≥ 0) and baseline ``b`` (step = −1, else None) of one run
+    on one split (test, or val with a validation split).
 
     T = 1 + the largest step or eval_exp seen. Cells that were not evaluated are NaN (the metrics skip them).
     """
     _require(evals_df, ["run_id", "step", "eval_exp", "metric", "value"], "evals")
+    evals_df = on_split(evals_df, split)
     rows = evals_df[(evals_df["run_id"] == run_id) & (evals_df["metric"] == metric)]
     if rows.empty:
         known = sorted(evals_df.loc[evals_df["run_id"] == run_id, "metric"].unique())
-        raise UsageError(f"no {metric!r} evals for run {run_id!r}; metrics recorded for this run: {known}")
+        raise UsageError(f"no {metric!r} {split} evals for run {run_id!r}; metrics recorded for this run: {known}")
     return _matrices(rows, f"run {run_id!r}, metric {metric!r}")
 
 
@@ -243,6 +259,7 @@ def evals_from_matrices(run_meta: dict, R, b, n: list, metric: str = "accuracy")
         "step": step + first,
         "eval_exp": exp,
         "metric": metric,
+        "split": "test",
         "value": full[step, exp],
         "n": np.asarray(n, dtype=int)[exp],
     })  # fmt: skip
@@ -250,10 +267,11 @@ def evals_from_matrices(run_meta: dict, R, b, n: list, metric: str = "accuracy")
 
 
 def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFrame | None,
-              curves_df: pd.DataFrame | None = None) -> pd.DataFrame:
+              curves_df: pd.DataFrame | None = None, split: str = "test") -> pd.DataFrame:
     """One row per run with status "ok" (SUMMARY_COLUMNS): its settings (:func:`settings_of`), the matrix metrics of
-    its accuracy evals and its costs; then, where some run has them, TAW_METRICS (from its ``accuracy_taw`` evals)
-    and CURVE_METRICS (from its ``accuracy`` rows of ``curves_df``), NaN for the runs without.
+    its accuracy evals on `split` (test; val for the validation set of runs with validation_split) and its costs;
+    then, where some run has them, TAW_METRICS (from its ``accuracy_taw`` evals) and CURVE_METRICS (from its
+    ``accuracy`` rows of ``curves_df``), NaN for the runs without. On val, a run without validation evals is left out.
 
     Costs come from ``costs_df`` (run_id, train_s, eval_s, peak_rss_mb, strategy_mem_mb); a run without a costs row
     gets NaN costs. An ok run without accuracy evals is an error. A metric is NaN in the scenarios where
@@ -262,6 +280,9 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
     _require(runs_df, ["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "seed", "status"], "runs")
     _require(evals_df, ["run_id", "step", "eval_exp", "metric", "value"], "evals")
     ok = runs_df[runs_df["status"] == "ok"].drop_duplicates("run_id", keep="last")
+    evals_df = on_split(evals_df, split)
+    if split != "test":
+        ok = ok[ok["run_id"].isin(set(evals_df["run_id"]))]
     groups = dict(tuple(evals_df[evals_df["metric"] == "accuracy"].groupby("run_id", sort=False)))
     taw = dict(tuple(evals_df[evals_df["metric"] == "accuracy_taw"].groupby("run_id", sort=False)))
     curves = {}

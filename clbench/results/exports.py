@@ -40,7 +40,8 @@ EXTENSIONS = {".csv": "csv", ".md": "markdown", ".markdown": "markdown", ".tex":
 #: The settings a leaderboard carries as plain columns (those present are used), in the order the caption lists them.
 SETTINGS = [
     "optimizer", "lr", "momentum", "weight_decay", "batch_size", "epochs", "iterations", "backbone", "class_order",
-    "train_subset", "test_subset", "eval_every", "eval_period", "eval_subset", "n_experiences", "stream_seed",
+    "train_subset", "test_subset", "eval_every", "eval_period", "eval_subset", "validation_split", "n_experiences",
+    "stream_seed",
 ]  # fmt: skip
 LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_taw", "wf10", "train_s", "eval_s", "peak_rss_mb",
                              "strategy_mem_mb"})

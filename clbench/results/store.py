@@ -270,7 +270,10 @@ class ResultStore:
         return canonical_order(pd.DataFrame(rows, columns=columns), order)
 
     def evals(self) -> pd.DataFrame:
-        return self._long("evals", tables.EVALS_COLUMNS, EVAL_ORDER)
+        evals = self._long("evals", tables.EVALS_COLUMNS, EVAL_ORDER)
+        if evals["split"].isna().any():  # rows recorded before validation splits existed are test rows
+            evals = canonical_order(evals.assign(split=evals["split"].fillna("test")), EVAL_ORDER)
+        return evals
 
     def costs(self) -> pd.DataFrame:
         return self._long("costs", STEP_COSTS_COLUMNS, COST_ORDER)
@@ -285,9 +288,9 @@ class ResultStore:
     def run_costs(self) -> pd.DataFrame:
         return _run_costs(self.costs())
 
-    def summary(self) -> pd.DataFrame:
-        return canonical_order(tables.summarize(self.evals(), self.runs(), self.run_costs(), self.curves()),
-                               RUN_ORDER)
+    def summary(self, split: str = "test") -> pd.DataFrame:
+        return canonical_order(tables.summarize(self.evals(), self.runs(), self.run_costs(), self.curves(),
+                                                split=split), RUN_ORDER)
 
     def published(self) -> pd.DataFrame:
         from clbench.presets import PUBLISHED_COLUMNS
@@ -328,7 +331,7 @@ class ResultStore:
 
 # Canonical row orders: a run by what it is (then its seed), a long row by its run and position in the run.
 RUN_ORDER = ["benchmark", "scenario", "strategy", "config_id", "seed", "run_id"]
-EVAL_ORDER = ["run_id", "step", "eval_exp", "metric"]
+EVAL_ORDER = ["run_id", "split", "step", "eval_exp", "metric"]
 COST_ORDER = ["run_id", "step"]
 CURVE_ORDER = ["run_id", "global_step", "train_exp", "exp_step", "eval_exp", "metric"]
 

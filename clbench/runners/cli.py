@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-subset", type=int, default=1000, metavar="M",
                      help="test samples per experience (class-balanced, fixed by the stream seed) of the continual "
                           "evaluation (default: 1000)")
+    run.add_argument("--validation-split", type=float, default=None, metavar="F",
+                     help="hold out a class-balanced fraction F of each experience's training data (fixed by the "
+                          "stream seed) as a validation set, evaluated beside the test set (evals.csv split 'val')")
     run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     run.add_argument("--data-root", default=None, help="dataset folder (default: $CLBENCH_DATA or a user cache)")
@@ -139,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "benchmark × scenario, best in bold (default: from the extension of -o)")
     board.add_argument("--metric", default=None, metavar="M",
                        help="the metric of a markdown or latex table (default: acc)")
+    board.add_argument("--split", default="test", metavar="test|val",
+                       help="the evaluations the metrics read: test (default) or val, the validation set of runs "
+                            "made with --validation-split")
     board.add_argument("--l2metrics", action="store_true",
                        help="pair each run with its `separate` run (same stream, settings and seed) and add "
                             "l2metrics' lifelong-learning metrics (docs/L2METRICS.md)")
@@ -179,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="the strategy every configuration is compared with, per benchmark and scenario; "
                               "STRATEGY:LABEL picks one of its configurations (e.g. replay:mem_size=1000)")
     compare.add_argument("--metric", default="acc", help="a summary metric (default: acc)")
+    compare.add_argument("--split", default="test", metavar="test|val",
+                         help="the evaluations compared: test (default) or val (runs made with --validation-split)")
     compare.add_argument("-o", "--output", type=_output_path, default=None, metavar="FILE",
                          help="the comparisons as CSV; the average ranks go beside it as <stem>_ranks.csv "
                               "(default: print only)")
@@ -278,6 +286,8 @@ def _resolve_run(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.validation_split is not None and not 0 < args.validation_split < 1:
+        raise UsageError(f"--validation-split must be a fraction in (0, 1), got {args.validation_split}")
     check_writable(args.out)
 
     streams = {}
@@ -287,7 +297,7 @@ def _resolve_run(args):
                 bench, scenario, stream_seed=args.stream_seed, n_experiences=args.n_experiences,
                 data_root=args.data_root, download=args.download,
                 train_subset=args.train_subset, test_subset=args.test_subset, backbone=args.backbone,
-                class_order=args.class_order,
+                class_order=args.class_order, validation_split=args.validation_split,
             )
     configs = [
         RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
@@ -295,7 +305,7 @@ def _resolve_run(args):
                   stream_seed=args.stream_seed, n_experiences=args.n_experiences, train_subset=args.train_subset,
                   test_subset=args.test_subset, train=trains[bench], eval_every=args.eval_every,
                   backbone=args.backbone, class_order=args.class_order, eval_period=args.eval_period,
-                  eval_subset=args.eval_subset)
+                  eval_subset=args.eval_subset, validation_split=args.validation_split)
         for bench in args.benchmark for scenario in args.scenario for cls in classes for seed in args.seeds
     ]
     return configs, streams
@@ -413,7 +423,12 @@ def cmd_leaderboard(args) -> int:
     _check_output_file(args.output, args.dirs)
     from clbench.presets import compare
 
-    summary = merge_summaries([s.summary() for s in stores])  # each run once, in canonical row order
+    if args.split not in tables.SPLITS:
+        raise unknown_choice("split (--split)", args.split, tables.SPLITS)
+    summary = merge_summaries([s.summary(split=args.split) for s in stores])  # each run once, canonical row order
+    if args.split == "val" and summary.empty:
+        raise UsageError(f"no run in {', '.join(map(str, args.dirs))} has validation evaluations; make them with "
+                         "`clbench run --validation-split F`")
     published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
     runs = merge_runs([s.runs() for s in stores])  # failed runs too: the leaderboard counts them
     unpaired = None
@@ -425,12 +440,18 @@ def cmd_leaderboard(args) -> int:
         curves = pd.concat([s.curves() for s in stores], ignore_index=True).drop_duplicates(
             ["run_id", "train_exp", "exp_step", "eval_exp", "metric"])
         summary, unpaired = with_lifelong_metrics(summary, evals, curves)
+    if args.split == "val":  # the runs without a validation set are not this leaderboard's
+        runs = runs[runs["run_id"].isin(set(summary["run_id"])) | (runs["status"] != "ok")]
     board = compare(tables.leaderboard(summary, runs), published)
+    if args.split == "val":
+        board.insert(board.columns.get_loc("status"), "split", "val")
     fmt = _board_format(args)
     if fmt == "csv":
         write_csv(board, args.output)
     else:  # a paper-ready table of one metric
         _write_table(board, fmt, args.metric or "acc", args.output)
+    if args.split == "val":
+        print("metrics on the validation split (evals.csv split 'val'), not on the test sets")
     print(format_leaderboard(board))
     if unpaired:
         print(f"\n--l2metrics: {unpaired} run(s) have no `separate` run with the same benchmark, stream, settings and "
@@ -490,7 +511,12 @@ def cmd_compare(args) -> int:
     outputs = [] if args.output is None else [args.output, ranks_path(args.output)]
     for path in outputs:
         _check_output_file(path, args.dirs)
-    summary = merge_summaries([s.summary() for s in stores])  # each run once, in canonical row order
+    if args.split not in tables.SPLITS:
+        raise unknown_choice("split (--split)", args.split, tables.SPLITS)
+    summary = merge_summaries([s.summary(split=args.split) for s in stores])  # each run once, canonical row order
+    if args.split == "val" and summary.empty:
+        raise UsageError(f"no run in {', '.join(map(str, args.dirs))} has validation evaluations; make them with "
+                         "`clbench run --validation-split F`")
     runs = merge_runs([s.runs() for s in stores])  # each run's stream seed and settings
     result = compare(summary, args.reference, metric=args.metric, runs=runs)  # every check before any write
     if outputs:

@@ -44,6 +44,9 @@ class RunConfig:
     # and last step) the seen experiences and the next one, on `eval_subset` test samples each; None: boundaries only.
     eval_period: int | None = None
     eval_subset: int = 1000
+    # A class-balanced fraction of each experience's training data held out as its validation set, evaluated beside
+    # the test set (evals.csv split "val"); None: train on all of it.
+    validation_split: float | None = None
     # Where the strategy's class lives ("package.module:Class"; registry.strategy_ref), so that worker processes and
     # Ray tasks import it from there; `strategy` is its display name. None: looked up from `strategy` now.
     strategy_ref: str | None = None
@@ -80,6 +83,8 @@ class RunConfig:
             out.pop("backbone")
         if self.class_order == "seeded":
             out.pop("class_order")
+        if self.validation_split is None:  # left out, so that run ids from before the option stay valid
+            out.pop("validation_split")
         if self.eval_period is None:  # boundaries only: the subset size is unused, and older run ids stay valid
             out.pop("eval_period")
             out.pop("eval_subset")
@@ -91,6 +96,7 @@ class RunConfig:
             "n_experiences": self.n_experiences, "train_subset": self.train_subset, "test_subset": self.test_subset,
             "eval_every": self.eval_every, "backbone": self.backbone, "class_order": self.class_order,
             "eval_period": self.eval_period, "eval_subset": self.eval_subset if self.eval_period else None,
+            "validation_split": self.validation_split,
         }
 
     @property

@@ -110,10 +110,11 @@ def evaluated(step: int, n_experiences: int, eval_every: int) -> list[int]:
 
 @torch.no_grad()
 def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device, experiences=None,
-             test_sets: dict[int, TensorData] | None = None) -> list[dict]:
+             test_sets: dict[int, TensorData] | None = None, split: str | None = None) -> list[dict]:
     """Accuracy of the strategy's predictions on the test sets of `experiences` (default all), or on `test_sets[j]`
     where given; task ids only in task-IL. In class-IL also ``accuracy_taw``: the argmax restricted to the evaluated
-    experience's units (FACIL's and Mammoth's task-aware accuracy), from the same forward pass."""
+    experience's units (FACIL's and Mammoth's task-aware accuracy), from the same forward pass. With `split`, every
+    row says which data it is ("test", "val")."""
     class_il = stream.spec.scenario == "class"
     rows = []
     for exp in stream if experiences is None else (stream[j] for j in experiences):
@@ -128,9 +129,11 @@ def evaluate(strategy: Strategy, stream: Stream, batch_size: int, device, experi
             correct += (logits.argmax(dim=1) == y).sum().item()
             if class_il:
                 correct_taw += (units[logits[:, units].argmax(dim=1)] == y).sum().item()
-        rows.append({"eval_exp": exp.index, "metric": "accuracy", "value": correct / len(test), "n": len(test)})
+        tag = {} if split is None else {"split": split}
+        rows.append({"eval_exp": exp.index, "metric": "accuracy", **tag, "value": correct / len(test),
+                     "n": len(test)})
         if class_il:
-            rows.append({"eval_exp": exp.index, "metric": "accuracy_taw", "value": correct_taw / len(test),
+            rows.append({"eval_exp": exp.index, "metric": "accuracy_taw", **tag, "value": correct_taw / len(test),
                          "n": len(test)})
     return rows
 
@@ -299,13 +302,17 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         logger.info("strategy %s cannot be checkpointed: run %s saves no checkpoint", config.strategy, config.run_id)
         checkpoint = None
     periodic = _ContinualEvaluator(strategy, stream, config, device, result) if config.eval_period else None
+    validation = {exp.index: exp.val for exp in stream} if stream[0].val is not None else None
 
     def record(step: int, train_s: float, loss: float, evaluate_now: bool = True, curve_s: float = 0.0,
                steps: int = 0) -> None:
         t0 = time.perf_counter()
         chosen = evaluated(step, len(stream), config.eval_every) if evaluate_now else []
-        for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen):
+        for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen, split="test"):
             result.evals.append({"step": step, **row})
+        if validation is not None:  # the held-out part of the training data, at the same points
+            for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen, validation, split="val"):
+                result.evals.append({"step": step, **row})
         result.costs.append(
             {
                 "step": step,

@@ -55,11 +55,12 @@ SETTINGS = {
     "epochs": int, "iterations": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
     "optimizer": str, "eval_batch_size": int, "optimizer_state": str, "normalize": str, "drop_last": bool,
     "stream_seed": int, "n_experiences": int, "train_subset": int, "test_subset": int, "eval_every": int,
-    "eval_period": int, "eval_subset": int, "backbone": str, "class_order": str, "threads": int, "device": str,
+    "eval_period": int, "eval_subset": int, "validation_split": float, "backbone": str, "class_order": str,
+    "threads": int, "device": str,
     "data_root": str, "checkpoint": bool,
 }  # fmt: skip
 STREAM_FIELDS = ("benchmark", "scenario", "stream_seed", "n_experiences", "train_subset", "test_subset", "backbone",
-                 "class_order")  # RunConfig fields that make_stream takes
+                 "class_order", "validation_split")  # RunConfig fields that make_stream takes
 TRAIN_SETTINGS = ("epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
                   "eval_batch_size", "optimizer_state", "normalize", "drop_last")  # the settings of the TrainConfig
 STRATEGY_KEYS = {"name", "params", "grid", "scenarios", "settings"}
@@ -211,6 +212,9 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
             raise UsageError(f"{where}: setting {key} must be at least 1, got {settings[key]}")
     if settings.get("stream_seed", 0) < 0:
         raise UsageError(f"{where}: setting stream_seed must be >= 0, got {settings['stream_seed']}")
+    if not 0 < settings.get("validation_split", 0.5) < 1:
+        raise UsageError(f"{where}: setting validation_split must be a fraction in (0, 1), got "
+                         f"{settings['validation_split']}")
     device = settings.get("device", "cpu")
     check_device(device, here=False)  # whether this machine has it is for the command that runs here to say
 
@@ -263,7 +267,8 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     for bench in benchmarks:
         check_class_order(settings.get("class_order", "seeded"), bench)
     run_options = {k: settings[k] for k in ("stream_seed", "n_experiences", "train_subset", "test_subset",
-                                            "eval_every", "eval_period", "eval_subset", "backbone", "class_order")
+                                            "eval_every", "eval_period", "eval_subset", "backbone", "class_order",
+                                            "validation_split")
                    if k in settings}
     configs = [
         RunConfig(benchmark=bench.name, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
