@@ -34,7 +34,7 @@ META = {"run_id": "r1", "benchmark": "digits", "scenario": "class", "strategy": 
 def test_schema_constants():
     assert RUNS_COLUMNS == ["run_id", "config_id", "benchmark", "scenario", "strategy", "seed", "stream_seed",
                             "params", "label", "strategy_ref", "train_config", "versions", "device", "started_at",
-                            "duration_s", "status", "error"]  # fmt: skip
+                            "duration_s", "status", "error", "phase", "selected_by"]  # fmt: skip
     assert EVALS_COLUMNS == ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric",
                              "split", "value", "n"]  # fmt: skip
     assert SUMMARY_COLUMNS[:8] == ["run_id", "config_id", "benchmark", "scenario", "strategy", "params", "label",

@@ -185,6 +185,7 @@ def make_stream(
     backbone: str | None = None,
     class_order: str = "seeded",
     validation_split: float | None = None,
+    first_experiences: int | None = None,
 ) -> Stream:
     """Build the named benchmark's stream for a scenario.
 
@@ -193,7 +194,8 @@ def make_stream(
     backbone replaces the benchmark's reference backbone (a name from BACKBONES), e.g. a paper's own network.
     class_order "natural" keeps a split benchmark's classes in label order (0/1, 2/3, ...) instead of drawing it from
     the stream seed. validation_split F carves a class-balanced fraction F of each experience's training data into
-    its `val` set (generators.with_validation), fixed by the stream seed.
+    its `val` set (generators.with_validation), fixed by the stream seed. first_experiences k keeps the stream's
+    first k experiences only (the A-GEM protocol's tuning stream): the same experiences as the whole stream's.
     """
     info = benchmark_info(name)
     info.check_scenario(scenario)
@@ -203,7 +205,10 @@ def make_stream(
     _check_int("n_experiences", n_experiences, minimum=1, allow_none=True)
     _check_int("train_subset", train_subset, minimum=1, allow_none=True)
     _check_int("test_subset", test_subset, minimum=1, allow_none=True)
+    _check_int("first_experiences", first_experiences, minimum=1, allow_none=True)
     n = info.default_n_experiences if n_experiences is None else int(n_experiences)
+    if first_experiences is not None and first_experiences > n:
+        raise UsageError(f"first_experiences={first_experiences} is more than the {n} experiences of {name}")
     stream_seed = int(stream_seed)  # numpy integers are accepted, but the spec records a plain int
     k = N_CLASSES[info.dataset]
     if info.kind == "split" and k % n:
@@ -223,6 +228,8 @@ def make_stream(
         backbone=backbone or info.backbone,
         **({"class_order": range(k)} if class_order == "natural" else {}),
     )
+    if first_experiences is not None:
+        stream = stream[: int(first_experiences)]
     return stream if validation_split is None else with_validation(stream, validation_split)
 
 

@@ -46,14 +46,19 @@ __all__ = [
     "mean_sem_str",
     "not_applicable_notes",
     "on_split",
+    "phases_of",
     "settings_of",
     "summarize",
 ]
 
 RUNS_COLUMNS = [
     "run_id", "config_id", "benchmark", "scenario", "strategy", "seed", "stream_seed", "params", "label",
-    "strategy_ref", "train_config", "versions", "device", "started_at", "duration_s", "status", "error",
+    "strategy_ref", "train_config", "versions", "device", "started_at", "duration_s", "status", "error", "phase",
+    "selected_by",
 ]  # fmt: skip
+#: phase: "final" (every run of a folder from before [tune]), or "tune" for a hyperparameter-selection run, which is
+#: evaluated on the validation set only (summaries on test leave it out).
+PHASES = ("final", "tune")
 #: split: "test", or "val" for the validation set of a run with validation_split (older folders: test only).
 EVALS_COLUMNS = ["run_id", "benchmark", "scenario", "strategy", "seed", "step", "eval_exp", "metric", "split", "value",
                  "n"]
@@ -209,6 +214,13 @@ def _matrices(rows: pd.DataFrame, label: str) -> tuple[np.ndarray, np.ndarray | 
     return R, b
 
 
+def phases_of(runs_df: pd.DataFrame) -> pd.Series:
+    """The phase of each run ("final" where an older folder recorded none)."""
+    if "phase" not in runs_df.columns:
+        return pd.Series("final", index=runs_df.index, dtype=object)
+    return runs_df["phase"].where(runs_df["phase"].isin(PHASES), "final")
+
+
 def on_split(evals_df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """The eval rows of one split; a table without a split column (an older folder) is all test rows."""
     if split not in SPLITS:
@@ -281,7 +293,9 @@ def summarize(evals_df: pd.DataFrame, runs_df: pd.DataFrame, costs_df: pd.DataFr
     _require(evals_df, ["run_id", "step", "eval_exp", "metric", "value"], "evals")
     ok = runs_df[runs_df["status"] == "ok"].drop_duplicates("run_id", keep="last")
     evals_df = on_split(evals_df, split)
-    if split != "test":
+    if split == "test":  # tuning runs are never evaluated on a test set
+        ok = ok[phases_of(ok) != "tune"]
+    else:
         ok = ok[ok["run_id"].isin(set(evals_df["run_id"]))]
     groups = dict(tuple(evals_df[evals_df["metric"] == "accuracy"].groupby("run_id", sort=False)))
     taw = dict(tuple(evals_df[evals_df["metric"] == "accuracy_taw"].groupby("run_id", sort=False)))
@@ -380,6 +394,20 @@ def leaderboard(summary_df: pd.DataFrame, runs_df: pd.DataFrame | None = None) -
                *SETTINGS_COLUMNS, *(f"{m}_{s}" for m in names for s in ("mean", "sem", "ci95")),
                "failure"]
     return out.loc[order, columns].reset_index(drop=True)
+
+
+def with_selected_by(board: pd.DataFrame, runs_df: pd.DataFrame | None) -> pd.DataFrame:
+    """The leaderboard with a `selected_by` column (how a tuned sweep chose each configuration: metric, split,
+    experiences, trials) beside its label, where some run recorded one; unchanged otherwise."""
+    if runs_df is None or "selected_by" not in runs_df.columns:
+        return board
+    recorded = runs_df[[isinstance(v, str) and v != "" for v in runs_df["selected_by"]]]
+    if recorded.empty or "config_id" not in board.columns:
+        return board
+    chosen = recorded.drop_duplicates("config_id").set_index("config_id")["selected_by"]
+    out = board.copy()
+    out.insert(out.columns.get_loc("label") + 1, "selected_by", out["config_id"].map(chosen).fillna(""))
+    return out
 
 
 def _attempts(summary_df: pd.DataFrame, runs_df: pd.DataFrame | None) -> pd.DataFrame:

@@ -311,7 +311,9 @@ class ResultStore:
         table), compared with the folder's published numbers when it has any."""
         from clbench.presets import compare
 
-        return compare(tables.leaderboard(summary, self.runs() if runs is None else runs), self.published())
+        runs = self.runs() if runs is None else runs
+        runs = runs[tables.phases_of(runs) == "final"]  # a tuned sweep's search: `clbench leaderboard --phase tune`
+        return tables.with_selected_by(compare(tables.leaderboard(summary, runs), self.published()), runs)
 
     def write_derived(self) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Rewrite every table from the journal (runs.csv last); return the summary and the leaderboard."""

@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "benchmark × scenario, best in bold (default: from the extension of -o)")
     board.add_argument("--metric", default=None, metavar="M",
                        help="the metric of a markdown or latex table (default: acc)")
+    board.add_argument("--phase", default="final", metavar="final|tune",
+                       help="final runs (default; a tuned sweep's rows say how they were selected) or the tuning "
+                            "runs of a sweep's [tune] search, on their validation set")
     board.add_argument("--split", default="test", metavar="test|val",
                        help="the evaluations the metrics read: test (default) or val, the validation set of runs "
                             "made with --validation-split")
@@ -423,14 +426,21 @@ def cmd_leaderboard(args) -> int:
     _check_output_file(args.output, args.dirs)
     from clbench.presets import compare
 
+    if args.phase not in tables.PHASES:
+        raise unknown_choice("phase (--phase)", args.phase, tables.PHASES)
+    if args.phase == "tune":  # the search was evaluated on the validation set only
+        args.split = "val"
     if args.split not in tables.SPLITS:
         raise unknown_choice("split (--split)", args.split, tables.SPLITS)
     summary = merge_summaries([s.summary(split=args.split) for s in stores])  # each run once, canonical row order
-    if args.split == "val" and summary.empty:
-        raise UsageError(f"no run in {', '.join(map(str, args.dirs))} has validation evaluations; make them with "
-                         "`clbench run --validation-split F`")
-    published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
     runs = merge_runs([s.runs() for s in stores])  # failed runs too: the leaderboard counts them
+    phase = dict(zip(runs["run_id"], tables.phases_of(runs), strict=True))
+    summary = summary[summary["run_id"].map(phase).fillna("final") == args.phase]
+    runs = runs[tables.phases_of(runs) == args.phase]
+    if args.split == "val" and summary.empty:
+        raise UsageError(f"no {args.phase} run in {', '.join(map(str, args.dirs))} has validation evaluations; make "
+                         "them with `clbench run --validation-split F` (or a sweep's [tune])")
+    published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
     unpaired = None
     if args.l2metrics:
         from clbench.results.experts import with_lifelong_metrics
@@ -442,7 +452,7 @@ def cmd_leaderboard(args) -> int:
         summary, unpaired = with_lifelong_metrics(summary, evals, curves)
     if args.split == "val":  # the runs without a validation set are not this leaderboard's
         runs = runs[runs["run_id"].isin(set(summary["run_id"])) | (runs["status"] != "ok")]
-    board = compare(tables.leaderboard(summary, runs), published)
+    board = tables.with_selected_by(compare(tables.leaderboard(summary, runs), published), runs)
     if args.split == "val":
         board.insert(board.columns.get_loc("status"), "split", "val")
     fmt = _board_format(args)
@@ -638,9 +648,14 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         for c in sweep.configs:
             mark = "done" if c.run_id in done else "todo"
-            print(f"{mark}  {c.run_id}  {c.benchmark}/{c.scenario}/{c.strategy} seed {c.seed}  "
+            phase = "tune  " if c.phase == "tune" else ""
+            print(f"{mark}  {c.run_id}  {phase}{c.benchmark}/{c.scenario}/{c.strategy} seed {c.seed}  "
                   f"{params_label(c.strategy_class(), c.params)}")
         print(f"{len(sweep.configs)} runs, {len(sweep.configs) - len(todo)} done, {len(todo)} to run")
+        if sweep.tune:
+            finals = sum(len(sweep.seeds) for _ in sweep.cells())
+            print(f"then {finals} final runs: each method's selected configuration on seeds "
+                  f"{' '.join(map(str, sweep.seeds))} ({sweep.tune.describe(0).split(', ', 1)[0]})")
         return 0
     check_writable(args.out)
     if args.executor == "ray":
@@ -656,9 +671,25 @@ def cmd_sweep(args) -> int:
     if len(todo) < len(sweep.configs):
         print(f"{len(sweep.configs) - len(todo)} of {len(sweep.configs)} runs already finished in {args.out}; "
               "skipping them")
-    failed = execute(sweep, todo, lambda result: _record(store, result, sweep.device), executor=args.executor,
-                     workers=args.workers, address=args.address, quiet=args.quiet,
-                     checkpoint_dir=args.out / "checkpoints")
+    def run_all(configs):
+        return execute(sweep, configs, lambda result: _record(store, result, sweep.device), executor=args.executor,
+                       workers=args.workers, address=args.address, quiet=args.quiet,
+                       checkpoint_dir=args.out / "checkpoints")
+
+    failed = run_all(todo)
+    if sweep.tune:  # the tuning runs are in the journal: select, then run the final configurations
+        from clbench.runners.sweep import select
+
+        selection, problems = select(sweep, store.summary(split="val"))
+        for line in problems:
+            print(f"[tune] {line}", file=sys.stderr)
+        finals = sweep.final_configs(selection)
+        final_todo = [c for c in finals if c.run_id not in store.finished_run_ids()]
+        print(f"[tune] selected {len(selection)} configuration(s) ({sweep.tune.describe(0).split(', ', 1)[0]}); "
+              f"{len(finals)} final runs, {len(finals) - len(final_todo)} already finished")
+        if not (args.executor == "ray" and args.address):
+            build_streams(sweep, final_todo, keep=args.executor == "local" and args.workers == 1)
+        failed += run_all(final_todo) + len(problems)
     return _finish(store, args, failed)
 
 

@@ -47,6 +47,13 @@ class RunConfig:
     # A class-balanced fraction of each experience's training data held out as its validation set, evaluated beside
     # the test set (evals.csv split "val"); None: train on all of it.
     validation_split: float | None = None
+    # Hyperparameter selection (a sweep's [tune]): "tune" runs are evaluated on the validation set only, never on a
+    # test set, on the stream's first `first_experiences` experiences (None: all); "final" runs report on test.
+    phase: str = "final"
+    first_experiences: int | None = None
+    # How a final run's configuration was chosen ("acc on val, first 2 experiences, 4 trials"); a record, not part of
+    # the run's identity: the same configuration chosen twice is one run.
+    selected_by: str = field(default="", compare=False)
     # Where the strategy's class lives ("package.module:Class"; registry.strategy_ref), so that worker processes and
     # Ray tasks import it from there; `strategy` is its display name. None: looked up from `strategy` now.
     strategy_ref: str | None = None
@@ -85,6 +92,11 @@ class RunConfig:
             out.pop("class_order")
         if self.validation_split is None:  # left out, so that run ids from before the option stay valid
             out.pop("validation_split")
+        out.pop("selected_by")
+        if self.phase == "final":
+            out.pop("phase")
+        if self.first_experiences is None:
+            out.pop("first_experiences")
         if self.eval_period is None:  # boundaries only: the subset size is unused, and older run ids stay valid
             out.pop("eval_period")
             out.pop("eval_subset")
@@ -96,7 +108,7 @@ class RunConfig:
             "n_experiences": self.n_experiences, "train_subset": self.train_subset, "test_subset": self.test_subset,
             "eval_every": self.eval_every, "backbone": self.backbone, "class_order": self.class_order,
             "eval_period": self.eval_period, "eval_subset": self.eval_subset if self.eval_period else None,
-            "validation_split": self.validation_split,
+            "validation_split": self.validation_split, "first_experiences": self.first_experiences,
         }
 
     @property

@@ -301,14 +301,20 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
     if checkpoint is not None and not strategy.checkpointable:
         logger.info("strategy %s cannot be checkpointed: run %s saves no checkpoint", config.strategy, config.run_id)
         checkpoint = None
-    periodic = _ContinualEvaluator(strategy, stream, config, device, result) if config.eval_period else None
+    tuning = config.phase == "tune"
     validation = {exp.index: exp.val for exp in stream} if stream[0].val is not None else None
+    if tuning and validation is None:
+        raise ValueError("a tuning run needs a validation split (validation_split) to be evaluated on")
+    # continual evaluation reads test subsamples: not for tuning runs
+    periodic = _ContinualEvaluator(strategy, stream, config, device, result) if config.eval_period and not tuning \
+        else None
 
     def record(step: int, train_s: float, loss: float, evaluate_now: bool = True, curve_s: float = 0.0,
                steps: int = 0) -> None:
         t0 = time.perf_counter()
         chosen = evaluated(step, len(stream), config.eval_every) if evaluate_now else []
-        for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen, split="test"):
+        # a tuning run never reads a test set: its selection must not depend on the numbers it will be judged by
+        for row in [] if tuning else evaluate(strategy, stream, cfg.eval_batch_size, device, chosen, split="test"):
             result.evals.append({"step": step, **row})
         if validation is not None:  # the held-out part of the training data, at the same points
             for row in evaluate(strategy, stream, cfg.eval_batch_size, device, chosen, validation, split="val"):

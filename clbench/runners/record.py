@@ -30,6 +30,8 @@ def journal_entry(result: RunResult, *, versions: dict, device: str) -> dict:
         "duration_s": result.duration_s,
         "status": result.status,
         "error": result.error,
+        "phase": cfg.phase,
+        "selected_by": cfg.selected_by,
     }
     return {
         "run": run_row,

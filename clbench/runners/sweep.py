@@ -39,6 +39,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -50,7 +51,13 @@ from clbench.runners.config import RunConfig
 from clbench.strategies import TrainConfig, get_strategy, strategy_names
 from clbench.strategies.registry import import_root, strategy_ref
 
-TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description"}
+TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description", "tune"}
+TUNE_KEYS = {"metric", "split", "experiences", "seeds", "trials", "validation_split"}
+#: The metrics a [tune] table may select on: the matrix metrics of the validation evaluations, task-aware ones too.
+TUNE_METRICS = ("acc", "bwt", "fwt", "forgetting", "la", "aia", "acc_taw", "bwt_taw", "forgetting_taw", "la_taw",
+                "aia_taw")
+LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_taw"})
+TRIALS_SEED = 0  # the grid sample of a method with more configurations than [tune] trials
 SETTINGS = {
     "epochs": int, "iterations": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
     "optimizer": str, "eval_batch_size": int, "optimizer_state": str, "normalize": str, "drop_last": bool,
@@ -60,22 +67,83 @@ SETTINGS = {
     "data_root": str, "checkpoint": bool,
 }  # fmt: skip
 STREAM_FIELDS = ("benchmark", "scenario", "stream_seed", "n_experiences", "train_subset", "test_subset", "backbone",
-                 "class_order", "validation_split")  # RunConfig fields that make_stream takes
+                 "class_order", "validation_split", "first_experiences")  # RunConfig fields that make_stream takes
 TRAIN_SETTINGS = ("epochs", "iterations", "batch_size", "lr", "momentum", "weight_decay", "optimizer",
                   "eval_batch_size", "optimizer_state", "normalize", "drop_last")  # the settings of the TrainConfig
 STRATEGY_KEYS = {"name", "params", "grid", "scenarios", "settings"}
 EXECUTORS = ("local", "ray")
 
 
+@dataclass(frozen=True)
+class Tune:
+    """A sweep's [tune] table: how each method's configuration is selected without the test set (Chaudhry et al.
+    2019's A-GEM protocol when `experiences` is set: tune on the first experiences, report on the whole stream)."""
+
+    metric: str = "acc"
+    split: str = "val"
+    experiences: int | None = None  # the tuning stream's first experiences (None: all)
+    seeds: tuple[int, ...] = (0,)
+    trials: int | None = None  # at most this many configurations per method (None: its whole grid)
+    validation_split: float = 0.1  # of each experience's training data, held out for the tuning runs
+
+    def describe(self, n_trials: int) -> str:
+        where = f"first {self.experiences} experiences" if self.experiences else "all experiences"
+        return (f"{self.metric} on {self.split}, {where}, {n_trials} trial(s), tuning seeds "
+                f"{' '.join(map(str, self.seeds))}")
+
+
+@dataclass
+class Method:
+    """One [[strategies]] entry of a tuned sweep: its candidate hyperparameters and where it runs."""
+
+    cls: type
+    candidates: list[dict]
+    scenarios: list[str]
+    trains: dict  # benchmark name → TrainConfig
+
+
 @dataclass
 class Sweep:
-    """The runs of a sweep file and how to build their streams."""
+    """The runs of a sweep file and how to build their streams. With a [tune] table, `configs` are the tuning runs
+    and final_configs() gives the final ones once each method's configuration is selected (select())."""
 
     configs: list[RunConfig]
     threads: int = 1
     device: str = "cpu"
     data_root: str | None = None
     checkpoint: bool = False  # save each run's state after every experience (long runs) and resume from it
+    tune: Tune | None = None
+    methods: list[Method] | None = None
+    seeds: list[int] | None = None
+    benchmarks: list[str] | None = None
+    run_options: dict | None = None
+
+    def _config(self, bench: str, scenario: str, method: Method, params: dict, seed: int, **extra) -> RunConfig:
+        return RunConfig(benchmark=bench, scenario=scenario, strategy=method.cls.name,
+                         strategy_ref=strategy_ref(method.cls), params=params, seed=seed,
+                         train=method.trains[bench], **{**self.run_options, **extra})
+
+    def cells(self):
+        """(benchmark, scenario, method index, method) of every selection the sweep makes."""
+        for bench in self.benchmarks:
+            for k, method in enumerate(self.methods):
+                for scenario in method.scenarios:
+                    yield bench, scenario, k, method
+
+    def tuning_config(self, bench, scenario, method, params, seed) -> RunConfig:
+        return self._config(bench, scenario, method, params, seed, phase="tune",
+                            validation_split=self.tune.validation_split, first_experiences=self.tune.experiences)
+
+    def final_configs(self, selection: dict) -> list[RunConfig]:
+        """The final runs: each selected configuration ((bench, scenario, method index) → params) on every seed."""
+        configs = []
+        for bench, scenario, k, method in self.cells():
+            if (bench, scenario, k) in selection:
+                chosen = selection[bench, scenario, k]
+                configs += [self._config(bench, scenario, method, chosen, seed,
+                                         selected_by=self.tune.describe(len(method.candidates)))
+                            for seed in self.seeds]
+        return list({c.run_id: c for c in configs}.values())
 
     def stream_key(self, config: RunConfig) -> tuple:
         """The config's stream arguments of make_stream, as (name, value) pairs: runs with equal keys share a stream."""
@@ -225,8 +293,9 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
         raise UsageError(f"{where}: needs at least one [[strategies]] table with a name")
     if not isinstance(entries, list):
         raise UsageError(f"{where}: 'strategies' must be a list of [[strategies]] tables, got {entries!r}")
-    variants: list[tuple[type, dict, list[str], dict[str, TrainConfig]]] = []
-    for entry in entries:
+    # (class, params, scenarios, trains, entry index): one per grid point of every [[strategies]] entry
+    variants: list[tuple[type, dict, list[str], dict[str, TrainConfig], int]] = []
+    for index, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise UsageError(f"{where}: every [[strategies]] entry must be a table with a name, got {entry!r}")
         unknown = set(entry) - STRATEGY_KEYS
@@ -255,11 +324,11 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
         for combo in itertools.product(*grid.values()):
             params = cls.from_params({**fixed, **dict(zip(grid, combo, strict=True))}).get_params()
             check_finite_params(cls.name, params)
-            variants.append((cls, params, own_scenarios, trains))
+            variants.append((cls, params, own_scenarios, trains, index))
     for scenario in scenarios:
         for bench in benchmarks:
             bench.check_scenario(scenario)
-    for cls, _, own_scenarios, _ in variants:
+    for cls, _, own_scenarios, _, _ in variants:
         for scenario in own_scenarios:
             cls.check_scenario(scenario)
 
@@ -273,12 +342,100 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     configs = [
         RunConfig(benchmark=bench.name, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
                   params=params, seed=seed, train=trains[bench.name], **run_options)
-        for bench in benchmarks for scenario in scenarios for cls, params, own_scenarios, trains in variants
+        for bench in benchmarks for scenario in scenarios for cls, params, own_scenarios, trains, _ in variants
         if scenario in own_scenarios for seed in seeds
     ]
     unique = list({c.run_id: c for c in configs}.values())  # the same run listed twice runs once
-    return Sweep(unique, threads=settings.get("threads", 1), device=device, data_root=settings.get("data_root"),
-                 checkpoint=settings.get("checkpoint", False))
+    sweep = Sweep(unique, threads=settings.get("threads", 1), device=device, data_root=settings.get("data_root"),
+                  checkpoint=settings.get("checkpoint", False))
+    if "tune" in spec:
+        _tuned(sweep, _tune(spec["tune"], where), variants, benchmarks, seeds, run_options, where)
+    return sweep
+
+
+def _tune(table, where: str) -> Tune:
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: tune must be a table such as [tune] with metric, experiences, seeds, trials; got "
+                         f"{table!r}")
+    unknown = set(table) - TUNE_KEYS
+    if unknown:
+        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} in [tune]; valid choices: "
+                         f"{', '.join(sorted(TUNE_KEYS))}")
+    metric = table.get("metric", "acc")
+    if metric not in TUNE_METRICS:
+        raise unknown_choice("[tune] metric", metric, TUNE_METRICS)
+    split = table.get("split", "val")
+    if split != "val":  # tuning on the test set is what [tune] exists to prevent
+        raise UsageError(f"{where}: [tune] split must be 'val' (the validation set), got {split!r}: selecting on the "
+                         "test set would report a number the selection has seen")
+    seeds = _list(table, "seeds", int, f"{where}: [tune]") if "seeds" in table else [0]
+    check_seeds(seeds, f"{where}: [tune] seeds")
+    out = {}
+    for key in ("experiences", "trials"):
+        value = table.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UsageError(f"{where}: [tune] {key} must be a positive integer, got {value!r}")
+        out[key] = value
+    fraction = table.get("validation_split", 0.1)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise UsageError(f"{where}: [tune] validation_split must be a fraction in (0, 1), got {fraction!r}")
+    return Tune(metric=metric, split=split, seeds=tuple(seeds), validation_split=float(fraction), **out)
+
+
+def _tuned(sweep: Sweep, tune: Tune, variants, benchmarks, seeds, run_options, where: str) -> None:
+    """Turn `sweep` into a tuned one: per [[strategies]] entry its candidates (the grid, or `trials` of it drawn with
+    TRIALS_SEED: the same budget for every method), and the tuning runs as its configs."""
+    methods: dict[int, Method] = {}
+    for cls, params, own_scenarios, trains, index in variants:
+        if index in methods:
+            methods[index].candidates.append(params)
+        else:
+            methods[index] = Method(cls, [params], own_scenarios, trains)
+    methods = list(methods.values())
+    for method in methods:
+        if tune.trials is not None and len(method.candidates) > tune.trials:
+            rng = np.random.default_rng(TRIALS_SEED)
+            chosen = sorted(rng.choice(len(method.candidates), size=tune.trials, replace=False).tolist())
+            method.candidates = [method.candidates[i] for i in chosen]
+    if tune.experiences is not None:
+        for bench in benchmarks:
+            if tune.experiences > run_options.get("n_experiences", bench.default_n_experiences):
+                raise UsageError(f"{where}: [tune] experiences={tune.experiences} is more than the "
+                                 f"{run_options.get('n_experiences', bench.default_n_experiences)} experiences of "
+                                 f"{bench.name}")
+    sweep.tune, sweep.methods, sweep.seeds = tune, methods, list(seeds)
+    sweep.benchmarks, sweep.run_options = [b.name for b in benchmarks], dict(run_options)
+    configs = [sweep.tuning_config(bench, scenario, method, params, seed)
+               for bench, scenario, _, method in sweep.cells() for params in method.candidates for seed in tune.seeds]
+    sweep.configs = list({c.run_id: c for c in configs}.values())
+
+
+def select(sweep: Sweep, val_summary) -> tuple[dict, list[str]]:
+    """Each method's configuration with the best mean `[tune] metric` over the tuning seeds, per benchmark and
+    scenario, from the validation summary of the tuning runs (a candidate counts only when every tuning seed
+    finished; ties go to the first candidate in grid order). Returns (selection, one line per method that had no
+    complete candidate)."""
+    tune = sweep.tune
+    by_config = {}
+    if len(val_summary):
+        by_config = val_summary.groupby("config_id")[tune.metric].agg(["mean", "count"]).to_dict("index")
+    selection, problems = {}, []
+    for bench, scenario, k, method in sweep.cells():
+        best = None
+        for params in method.candidates:
+            config_id = sweep.tuning_config(bench, scenario, method, params, tune.seeds[0]).config_id
+            found = by_config.get(config_id)
+            if found is None or found["count"] < len(tune.seeds) or math.isnan(found["mean"]):
+                continue
+            score = -found["mean"] if tune.metric in LOWER_IS_BETTER else found["mean"]
+            if best is None or score > best[0]:
+                best = (score, params)
+        if best is None:
+            problems.append(f"{method.cls.name} on {bench}/{scenario}: no configuration finished all "
+                            f"{len(tune.seeds)} tuning seed(s); it has no final runs")
+        else:
+            selection[bench, scenario, k] = best[1]
+    return selection, problems
 
 
 def build_streams(sweep: Sweep, configs: list[RunConfig], *, keep: bool = True) -> None:
