@@ -76,3 +76,21 @@ class FailsForSeed(SGDStrategy):
         if self.fail_seed >= 0 and seed == run_seeds(SimpleNamespace(seed=self.fail_seed))[2]:
             raise RuntimeError(f"planned failure of run seed {self.fail_seed}")
         super().setup(spec, model, train=train, seed=seed, device=device)
+
+
+class L2Anchor(SGDStrategy):
+    """The README's example: pull the weights towards those at the end of the previous experience."""
+
+    tune_grid = {"strength": [0.001, 0.1]}  # what `clbench bench` searches without --grid
+
+    def __init__(self, strength: float = 0.01):
+        self.strength = strength
+
+    def after_experience(self, exp):
+        self.anchor_ = [p.detach().clone() for p in self.model_.parameters()]
+
+    def penalty(self, batch, features, logits):
+        if not hasattr(self, "anchor_"):
+            return None
+        return self.strength * sum(((p - a) ** 2).sum() for p, a in zip(self.model_.parameters(), self.anchor_,
+                                                                          strict=True))

@@ -224,12 +224,15 @@ class ResultStore:
             finally:
                 os.close(fd)
 
-    def merge_from(self, other: ResultStore) -> int:
+    def merge_from(self, other: ResultStore, keep=None) -> int:
         """Append the runs of another output folder that this one lacks (or holds only as failed while the other
-        finished them), as journal entries read with json alone; return how many. Call write_derived after."""
+        finished them), as journal entries read with json alone; return how many. `keep(run_row)` limits which runs
+        are taken. Call write_derived after."""
         mine = self.entries()
         added = 0
         for run_id, entry in other.entries().items():
+            if keep is not None and not keep(entry["run"]):
+                continue
             held = mine.get(run_id)
             if held is None or (held["run"]["status"] != "ok" and entry["run"]["status"] == "ok"):
                 self.append_entry(entry)

@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,27 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("-o", "--output", type=_output_path, default=None, metavar="FILE",
                          help="the comparisons as CSV; the average ranks go beside it as <stem>_ranks.csv "
                               "(default: print only)")
+
+    bench = sub.add_parser("bench", help="run new strategies through a suite's streams, tuned with its protocol, and "
+                                         "compare them with its tuned baselines")
+    bench.add_argument("strategies", nargs="*", metavar="STRATEGY",
+                       help="registered names or package.module:Class; none: build the suite's baselines only")
+    bench.add_argument("--suite", required=True, metavar="NAME", help="digits, standard or cifar (clbench/suites)")
+    bench.add_argument("--out", required=True, type=_output_path, help="output folder; finished runs are reused")
+    bench.add_argument("--set", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=VALUE",
+                       help="fixed hyperparameters of the new strategies")
+    bench.add_argument("--grid", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=[V1,V2,...]",
+                       help="the values the suite's [tune] protocol searches for a new strategy (default: the "
+                            "class's `tune_grid`, else nothing to tune)")
+    bench.add_argument("--no-tune", action="store_true", help="run the new strategies with the --set values only")
+    bench.add_argument("--baselines", type=_input_path, default=None, metavar="DIR",
+                       help="a folder holding the suite's baseline runs, merged in and reused (default: the "
+                            "committed results/<suite>/ of a source checkout, when there is one)")
+    bench.add_argument("--workers", type=int, default=1, help="runs at a time in worker processes (default: 1)")
+    bench.add_argument("--executor", default="local", help="local (default) or ray")
+    bench.add_argument("--address", default=None, help="a Ray cluster's address (with --executor ray)")
+    bench.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
 
     presets = sub.add_parser("presets", help="named sweeps that follow a paper's protocol, with its published numbers")
     presets.add_argument("name", nargs="?", default=None, help="show one preset: protocol, provenance, numbers")
@@ -625,7 +647,6 @@ def cmd_sweep(args) -> int:
         build_streams,
         check_device,
         check_importable_by_ray,
-        execute,
         sweep_from_dict,
     )
 
@@ -668,9 +689,19 @@ def cmd_sweep(args) -> int:
     store = ResultStore(args.out)
     if preset:
         store.add_published(preset.published_table(benchmark_map))
+    failed = _execute_sweep(sweep, store, args, todo)
+    return _finish(store, args, failed)
+
+
+def _execute_sweep(sweep, store, args, todo) -> int:
+    """Run a sweep's `todo` runs into `store` and, for a tuned sweep, select each method's configuration from the
+    tuning runs' validation summary and run the final ones; returns how many runs (or selections) failed."""
+    from clbench.runners.sweep import build_streams, execute, select
+
     if len(todo) < len(sweep.configs):
         print(f"{len(sweep.configs) - len(todo)} of {len(sweep.configs)} runs already finished in {args.out}; "
               "skipping them")
+
     def run_all(configs):
         return execute(sweep, configs, lambda result: _record(store, result, sweep.device), executor=args.executor,
                        workers=args.workers, address=args.address, quiet=args.quiet,
@@ -678,8 +709,6 @@ def cmd_sweep(args) -> int:
 
     failed = run_all(todo)
     if sweep.tune:  # the tuning runs are in the journal: select, then run the final configurations
-        from clbench.runners.sweep import select
-
         selection, problems = select(sweep, store.summary(split="val"))
         for line in problems:
             print(f"[tune] {line}", file=sys.stderr)
@@ -690,7 +719,111 @@ def cmd_sweep(args) -> int:
         if not (args.executor == "ray" and args.address):
             build_streams(sweep, final_todo, keep=args.executor == "local" and args.workers == 1)
         failed += run_all(final_todo) + len(problems)
-    return _finish(store, args, failed)
+    return failed
+
+
+def _parse_grid(items: list[list[str]], classes) -> dict[str, dict]:
+    """--grid [STRATEGY.]NAME=[V1, V2] items → per class name its grid (lists of Python literals)."""
+    out: dict[str, dict] = {cls.name: dict(getattr(cls, "tune_grid", {}) or {}) for cls in classes}
+    for item in (i for group in items for i in group):
+        name, sep, text = item.partition("=")
+        try:
+            values = ast.literal_eval(text) if sep else None
+        except (ValueError, SyntaxError):
+            values = None
+        if not isinstance(values, list) or not values:
+            raise UsageError(f"--grid {item!r} must be NAME=[V1, V2, ...], a non-empty list of Python literals")
+        target, _, key = name.rpartition(".")
+        chosen = [cls for cls in classes if (not target or cls.name == target) and key in cls.hyperparameters()]
+        if not chosen:
+            known = sorted({h for cls in classes for h in cls.hyperparameters()})
+            raise unknown_choice(f"--grid hyperparameter of {', '.join(c.name for c in classes)}", key, known)
+        for cls in chosen:
+            out[cls.name][key] = values
+    return out
+
+
+def _default_baselines(suite: str) -> Path | None:
+    """A source checkout's committed baseline runs of the suite (results/<suite>/), if there are any."""
+    folder = Path(clbench.__file__).resolve().parents[1] / "results" / suite
+    return folder if (folder / "runs.jsonl").is_file() or (folder / "runs.csv").is_file() else None
+
+
+def cmd_bench(args) -> int:
+    from clbench.results import exports
+    from clbench.results.compare import compare, holm
+    from clbench.results.report import write_report
+    from clbench.results.store import ResultStore, check_writable, write_atomic, write_csv
+    from clbench.runners.sweep import build_streams, check_device, resolve_strategy, sweep_from_dict
+    from clbench.suites import load_suite
+
+    suite = load_suite(args.suite)
+    if args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    classes = list({cls.name: cls for cls in map(resolve_strategy, args.strategies)}.values())
+    clash = [cls.name for cls in classes if cls.name in suite.baselines]
+    if clash:
+        raise UsageError(f"{', '.join(clash)} is a baseline of suite {suite.name!r}; bench a strategy of your own "
+                         f"(baselines: {', '.join(suite.baselines)})")
+    raw = parse_set_items(args.set, classes)
+    grids = {} if args.no_tune else _parse_grid(args.grid, classes)
+    entries = [{"name": name, "params": raw[cls.name], **({"grid": grids[cls.name]} if grids.get(cls.name) else {})}
+               for name, cls in zip(dict.fromkeys(args.strategies), classes, strict=False)]
+    baseline_sweeps = [sweep_from_dict(spec, f"suite {suite.name}") for spec in suite.sweep_specs(
+        suite.spec["strategies"])]
+    own_sweeps = [sweep_from_dict(spec, f"suite {suite.name}, {', '.join(args.strategies)}")
+                  for spec in suite.sweep_specs(entries, tune=not args.no_tune)]
+    if classes and not own_sweeps:
+        raise UsageError(f"{', '.join(args.strategies)} supports none of suite {suite.name!r}'s scenarios")
+    baselines = args.baselines or _default_baselines(suite.name)
+    check_writable(args.out)
+    for sweep in (*baseline_sweeps, *own_sweeps):
+        check_device(sweep.device)
+        build_streams(sweep, sweep.configs, keep=args.workers == 1)
+    store = ResultStore(args.out)
+    if baselines is not None and Path(baselines).resolve() != Path(args.out).resolve():
+        wanted = set(suite.baselines)  # only the suite's baselines: never another bench's new strategies
+        added = store.merge_from(_existing_store(Path(baselines)), keep=lambda run: run["strategy"] in wanted)
+        print(f"{added} baseline run(s) reused from {baselines}")
+    started = time.perf_counter()
+    failed = 0
+    for sweep in (*baseline_sweeps, *own_sweeps):
+        done = store.finished_run_ids()
+        failed += _execute_sweep(sweep, store, args, [c for c in sweep.configs if c.run_id not in done])
+    summary, board = store.write_derived()
+    names = [cls.name for cls in classes]
+    rows = []
+    for baseline in suite.baselines:
+        if baseline not in set(summary["strategy"]):
+            continue
+        table = compare(summary, baseline, runs=store.runs()).table
+        rows.append(table[table["strategy"].isin(names)])
+    comparison = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    if not comparison.empty:  # one family: the new strategies against every baseline
+        comparison["p_holm"] = holm(comparison["p_value"].to_numpy())
+        comparison["significant"] = comparison["p_holm"] < 0.05
+        write_csv(comparison, args.out / "compare.csv")
+    for fmt, render in (("md", exports.to_markdown), ("tex", exports.to_latex)):
+        text = render(board, metric="acc")
+        write_atomic(args.out / f"leaderboard.{fmt}", lambda tmp, text=text: Path(tmp).write_text(text))
+    if not args.no_plots:
+        _plot(store, summary, board)
+    write_report(store, args.out / "report.html")
+    print(format_leaderboard(board))
+    print(f"\nbench {', '.join(names) or 'the baselines'} on suite {suite.name}: "
+          f"{time.perf_counter() - started:.0f} s; tables in {args.out}/: leaderboard.csv leaderboard.md "
+          f"leaderboard.tex{' compare.csv' if not comparison.empty else ''} report.html")
+    if not comparison.empty:
+        better = comparison[comparison["significant"] & (comparison["diff_mean"] > 0)]
+        worse = comparison[comparison["significant"] & (comparison["diff_mean"] < 0)]
+        for label, part in (("significantly better than", better), ("significantly worse than", worse)):
+            for (bench_name, scenario, strategy), g in part.groupby(["benchmark", "scenario", "strategy"]):
+                print(f"  {strategy} on {bench_name}/{scenario}: {label} {', '.join(sorted(g['reference']))} "
+                      "(paired t-test, Holm over compare.csv)")
+    if failed:
+        print(f"{failed} run(s) failed; see the error column of runs.csv", file=sys.stderr)
+        return EXIT_RUN_FAILED
+    return 0
 
 
 def cmd_presets(args) -> int:
@@ -723,7 +856,7 @@ def cmd_presets(args) -> int:
 
 COMMANDS = {
     "list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report,
-    "sweep": cmd_sweep, "presets": cmd_presets, "compare": cmd_compare,
+    "sweep": cmd_sweep, "presets": cmd_presets, "compare": cmd_compare, "bench": cmd_bench,
 }
 
 
