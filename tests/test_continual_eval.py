@@ -212,22 +212,13 @@ def test_stability_gap_figure_for_every_configuration_failures_included(expert_f
 
 
 def test_a_sweep_setting_eval_period_writes_curves(tmp_path):
+    from tests.test_folder_integrity import TINY_SWEEP
     from tests.test_sweep import write_sweep
 
-    path = write_sweep(tmp_path, """seeds = [0]
-benchmarks = ["split-digits"]
-scenarios = ["class"]
-
-[settings]
-epochs = 1
-batch_size = 32
-train_subset = 100
-eval_period = 2
-eval_subset = 30
-
-[[strategies]]
-name = "naive"
-""")
+    # the tiny sweep of the folder tests, with continual evaluation
+    text = TINY_SWEEP.replace("seeds = [0, 2]", "seeds = [0]").replace(
+        "train_subset = 100", "train_subset = 100\neval_period = 2\neval_subset = 30")
+    path = write_sweep(tmp_path, text)
     out = tmp_path / "out"
     assert main(["sweep", str(path), "--out", str(out), "--quiet", "--no-plots"]) == 0
     curves = pd.read_csv(out / "curves.csv")
