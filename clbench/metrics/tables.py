@@ -30,6 +30,7 @@ __all__ = [
     "SPLITS",
     "LEADERBOARD_KEYS",
     "LEADERBOARD_METRICS",
+    "LOWER_IS_BETTER",
     "MATRIX_METRICS",
     "NOT_APPLICABLE",
     "RUNS_COLUMNS",
@@ -100,6 +101,9 @@ MATRIX_METRICS = {
     "aia": lambda R, b: average_incremental_accuracy(R),
 }
 LEADERBOARD_METRICS = [*MATRIX_METRICS, *COSTS_COLUMNS[1:]]
+#: The metrics where less is better: what ranks, bolds and selects the lowest (everything else: the highest).
+LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_taw", "wf10", "train_s", "eval_s", "peak_rss_mb",
+                             "strategy_mem_mb"})
 #: The task-aware twins of MATRIX_METRICS (acc_taw, ...): the same functions of the ``accuracy_taw`` evals that a
 #: class-IL run records beside its task-agnostic ``accuracy`` (FACIL's and Mammoth's TAw / TAg).
 TAW_METRICS = [f"{m}_taw" for m in MATRIX_METRICS]

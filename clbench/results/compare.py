@@ -70,8 +70,6 @@ ALPHA = 0.05  # `significant`: p_holm below it
 #: The Wilcoxon signed-rank test is reported from this many non-zero differences on: below it, its smallest possible
 #: two-sided p (2 / 2^n, all differences of one sign) is at least 0.0625, so it could never reject at 0.05.
 MIN_WILCOXON = 6
-#: Metrics where smaller is better (ranks); every other metric ranks the largest first.
-LOWER_IS_BETTER = frozenset({"forgetting", "train_s", "eval_s", "peak_rss_mb", "strategy_mem_mb"})
 #: Recorded settings that do not change a result: left out when two configurations' settings are compared.
 IGNORED_SETTINGS = frozenset({"eval_batch_size"})
 #: Plain settings columns a summary may carry instead of the runs table's train_config JSON.
@@ -165,7 +163,7 @@ def average_ranks(summary: pd.DataFrame, metric: str = "acc", datasets: list[tup
 
     A dataset is one (benchmark, scenario) (only those in ``datasets`` when given); a configuration across datasets
     is its (strategy, label). In each dataset the configurations are ranked by their mean metric over seeds (1 = the
-    best: the highest, or the lowest for LOWER_IS_BETTER; ties get the average of the ranks they span,
+    best: the highest, or the lowest for tables.LOWER_IS_BETTER; ties get the average of the ranks they span,
     ``scipy.stats.rankdata``), and avg_rank is the mean of its ranks over the datasets. Demšar's protocol needs every
     configuration in every dataset (a complete block design): only configurations with a defined mean in every
     dataset, and one configuration of that (strategy, label) there, are ranked, and the ranks are taken among them
@@ -186,7 +184,7 @@ def average_ranks(summary: pd.DataFrame, metric: str = "acc", datasets: list[tup
     keys = sorted(set(zip(means["strategy"], means["label"], strict=True)))
     ranked = [k for k in keys if all(counts.get((*ds, *k), 0) == 1 for ds in datasets)]
     ranks = {k: [] for k in ranked}
-    sign = 1.0 if metric in LOWER_IS_BETTER else -1.0
+    sign = 1.0 if metric in tables.LOWER_IS_BETTER else -1.0
     for ds in datasets if ranked else []:
         here = means[(means["benchmark"] == ds[0]) & (means["scenario"] == ds[1])].set_index(["strategy", "label"])
         values = np.array([here.loc[k, metric] for k in ranked], dtype=float)

@@ -17,7 +17,7 @@ from pathlib import PurePath
 import pandas as pd
 
 from clbench.errors import UsageError
-from clbench.metrics.tables import label_from_json, mean_sem_str, metrics_of
+from clbench.metrics.tables import LOWER_IS_BETTER, label_from_json, mean_sem_str, metrics_of
 
 __all__ = [
     "EXTENSIONS",
@@ -43,8 +43,7 @@ SETTINGS = [
     "train_subset", "test_subset", "eval_every", "eval_period", "eval_subset", "validation_split", "n_experiences",
     "stream_seed",
 ]  # fmt: skip
-LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_taw", "wf10", "train_s", "eval_s", "peak_rss_mb",
-                             "strategy_mem_mb"})
+
 METRIC_NAMES = {
     "acc": "Average accuracy",
     "bwt": "Backward transfer",

@@ -550,15 +550,13 @@ def stability_gap_panels(board: pd.DataFrame, curves_df: pd.DataFrame, runs_of: 
     """Per (benchmark, scenario) of the leaderboard, the panels of plot_stability_gap, in the leaderboard's order."""
     out = {}
     for key, g in board.groupby(["benchmark", "scenario"], sort=True):
-        repeated = g["strategy"].duplicated(keep=False)
         panels = []
-        for row, rep in zip(g.to_dict("records"), repeated, strict=True):
-            base = f"{row['strategy']} ({_changed(row)})" if rep else str(row["strategy"])
+        for row, label in zip(g.to_dict("records"), _panel_labels(g), strict=True):
             status, _, _ = run_counts(row)
             run_ids = runs_of.get(row["config_id"], [])
             mine = curves_df[curves_df["run_id"].isin(run_ids)]
             starts = mine[(mine["exp_step"] == 0) & (mine["train_exp"] > 0)]["global_step"]
-            panels.append((with_status(base, row), status, stability_gap_series(curves_df, run_ids),
+            panels.append((label, status, stability_gap_series(curves_df, run_ids),
                            sorted(starts.unique().tolist())))
         if any(p[2] for p in panels):
             out[key] = panels

@@ -47,6 +47,7 @@ from clbench import _toml
 from clbench.benchmarks import SCENARIOS, benchmark_info, make_stream
 from clbench.benchmarks.registry import check_backbone, check_class_order
 from clbench.errors import UsageError, unknown_choice
+from clbench.metrics.tables import LOWER_IS_BETTER
 from clbench.runners.config import RunConfig
 from clbench.strategies import TrainConfig, get_strategy, strategy_names
 from clbench.strategies.registry import import_root, strategy_ref
@@ -56,7 +57,6 @@ TUNE_KEYS = {"metric", "split", "experiences", "seeds", "trials", "validation_sp
 #: The metrics a [tune] table may select on: the matrix metrics of the validation evaluations, task-aware ones too.
 TUNE_METRICS = ("acc", "bwt", "fwt", "forgetting", "la", "aia", "acc_taw", "bwt_taw", "forgetting_taw", "la_taw",
                 "aia_taw")
-LOWER_IS_BETTER = frozenset({"forgetting", "forgetting_taw"})
 TRIALS_SEED = 0  # the grid sample of a method with more configurations than [tune] trials
 SETTINGS = {
     "epochs": int, "iterations": int, "batch_size": int, "lr": float, "momentum": float, "weight_decay": float,
@@ -427,7 +427,7 @@ def select(sweep: Sweep, val_summary) -> tuple[dict, list[str]]:
             found = by_config.get(config_id)
             if found is None or found["count"] < len(tune.seeds) or math.isnan(found["mean"]):
                 continue
-            score = -found["mean"] if tune.metric in LOWER_IS_BETTER else found["mean"]
+            score = -found["mean"] if tune.metric in LOWER_IS_BETTER else found["mean"]  # forgetting: the lowest
             if best is None or score > best[0]:
                 best = (score, params)
         if best is None:
