@@ -409,13 +409,19 @@ def _materialise(dataset, what: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(xs), torch.cat(ys)
 
 
+def check_fraction(value, name: str = "validation_split") -> None:
+    """UsageError unless `value` is a number strictly between 0 and 1 (a validation split's fraction); `name` is
+    what the message calls it (a flag, a sweep setting)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
+        raise UsageError(f"{name} must be a fraction in (0, 1), got {value!r}")
+
+
 def with_validation(stream: Stream, fraction: float) -> Stream:
     """The stream with a class-balanced validation set carved out of each experience's training data: round(fraction
     × its size) samples (balanced_subsample: every class ⌊n/C⌋ or one more), drawn from the stream seed and the
     experience index alone, so every strategy and training seed of the stream sees the same split. `train` becomes the
     rest (the only samples trained on) and `val` the carved set, in the original sample order."""
-    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 < fraction < 1:
-        raise UsageError(f"validation_split must be a fraction in (0, 1), got {fraction!r}")
+    check_fraction(fraction)
     experiences = []
     for exp in stream:
         n_val = round(fraction * len(exp.train))

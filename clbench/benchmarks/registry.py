@@ -17,6 +17,7 @@ from .generators import (
     PERMUTED_SCENARIOS,
     ROTATED_SCENARIOS,
     SPLIT_SCENARIOS,
+    check_fraction,
     permuted_stream,
     rotated_stream,
     split_stream,
@@ -214,8 +215,8 @@ def make_stream(
     if info.kind == "split" and k % n:
         valid = ", ".join(str(d) for d in range(1, k + 1) if k % d == 0)
         raise UsageError(f"n_experiences={n} does not divide the {k} classes of {name}; valid choices: {valid}")
-    if validation_split is not None and (isinstance(validation_split, bool) or not 0 < validation_split < 1):
-        raise UsageError(f"validation_split must be a fraction in (0, 1), got {validation_split!r}")
+    if validation_split is not None:  # before the data is loaded
+        check_fraction(validation_split)
     ds = load_dataset(info.dataset, data_root=data_root, download=download)
     stream = _GENERATORS[info.kind](
         ds,

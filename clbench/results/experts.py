@@ -56,6 +56,7 @@ def with_lifelong_metrics(summary: pd.DataFrame, evals: pd.DataFrame,
     pairs = expert_pairs(summary)
     accuracy = curves[curves["metric"] == "accuracy"] if curves is not None and not curves.empty else None
     by_run = dict(tuple(accuracy.groupby("run_id", sort=False))) if accuracy is not None else {}
+    scenario_of = dict(zip(summary["run_id"], summary["scenario"], strict=True))
     values = {}
     for run_id, expert_id in pairs.items():
         R, b = tables.matrices_from_evals(evals, run_id)
@@ -63,9 +64,8 @@ def with_lifelong_metrics(summary: pd.DataFrame, evals: pd.DataFrame,
         if expert_R.shape != R.shape:  # a stream cut to another length cannot be compared experience by experience
             continue
         values[run_id] = lifelong_metrics(R, b, by_run.get(run_id), expert_R, by_run.get(expert_id))
-        scenario = summary.loc[summary["run_id"] == run_id, "scenario"].iloc[0]
         for m, (scenarios, _) in tables.NOT_APPLICABLE.items():
-            if m in values[run_id] and scenario in scenarios:  # structurally uninformative, as in summarize
+            if m in values[run_id] and scenario_of[run_id] in scenarios:  # structurally uninformative, as in summarize
                 values[run_id][m] = np.nan
     out = summary.copy()
     for m in LIFELONG_METRICS:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 import clbench
 from clbench.benchmarks import SCENARIOS, benchmark_info, list_benchmarks, make_stream
+from clbench.benchmarks.generators import check_fraction
 from clbench.benchmarks.registry import TRAINING_KEYS
 from clbench.errors import UsageError, unknown_choice
 from clbench.metrics import tables
@@ -311,8 +312,8 @@ def _resolve_run(args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
-    if args.validation_split is not None and not 0 < args.validation_split < 1:
-        raise UsageError(f"--validation-split must be a fraction in (0, 1), got {args.validation_split}")
+    if args.validation_split is not None:
+        check_fraction(args.validation_split, "--validation-split")
     check_writable(args.out)
 
     streams = {}
@@ -441,8 +442,26 @@ def _existing_store(path: Path):
     return ResultStore(path)
 
 
+def _phase_summary(stores, split: str, phase: str, dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The merged summary on `split` and the merged runs (failed ones too) of the runs of one phase: final runs, or a
+    tuned sweep's search; UsageError for an unknown split or a validation summary with no run."""
+    from clbench.results.store import merge_runs, merge_summaries
+
+    if split not in tables.SPLITS:
+        raise unknown_choice("split (--split)", split, tables.SPLITS)
+    summary = merge_summaries([s.summary(split=split) for s in stores])  # each run once, in canonical row order
+    runs = merge_runs([s.runs() for s in stores])
+    phases = dict(zip(runs["run_id"], tables.phases_of(runs), strict=True))
+    summary = summary[summary["run_id"].map(phases).fillna("final") == phase]
+    runs = runs[tables.phases_of(runs) == phase]
+    if split == "val" and summary.empty:
+        raise UsageError(f"no {phase} run in {', '.join(map(str, dirs))} has validation evaluations; make them with "
+                         "`clbench run --validation-split F` (or a sweep's [tune])")
+    return summary, runs
+
+
 def cmd_leaderboard(args) -> int:
-    from clbench.results.store import merge_runs, merge_summaries, write_csv
+    from clbench.results.store import write_csv
 
     stores = [_existing_store(d) for d in args.dirs]
     _check_output_file(args.output, args.dirs)
@@ -452,23 +471,14 @@ def cmd_leaderboard(args) -> int:
         raise unknown_choice("phase (--phase)", args.phase, tables.PHASES)
     if args.phase == "tune":  # the search was evaluated on the validation set only
         args.split = "val"
-    if args.split not in tables.SPLITS:
-        raise unknown_choice("split (--split)", args.split, tables.SPLITS)
-    summary = merge_summaries([s.summary(split=args.split) for s in stores])  # each run once, canonical row order
-    runs = merge_runs([s.runs() for s in stores])  # failed runs too: the leaderboard counts them
-    phase = dict(zip(runs["run_id"], tables.phases_of(runs), strict=True))
-    summary = summary[summary["run_id"].map(phase).fillna("final") == args.phase]
-    runs = runs[tables.phases_of(runs) == args.phase]
-    if args.split == "val" and summary.empty:
-        raise UsageError(f"no {args.phase} run in {', '.join(map(str, args.dirs))} has validation evaluations; make "
-                         "them with `clbench run --validation-split F` (or a sweep's [tune])")
+    summary, runs = _phase_summary(stores, args.split, args.phase, args.dirs)
     published = pd.concat([s.published() for s in stores], ignore_index=True).drop_duplicates()
     unpaired = None
     if args.l2metrics:
         from clbench.results.experts import with_lifelong_metrics
 
         evals = pd.concat([s.evals() for s in stores], ignore_index=True).drop_duplicates(
-            ["run_id", "step", "eval_exp", "metric"])
+            ["run_id", "step", "eval_exp", "metric", "split"])
         curves = pd.concat([s.curves() for s in stores], ignore_index=True).drop_duplicates(
             ["run_id", "train_exp", "exp_step", "eval_exp", "metric"])
         summary, unpaired = with_lifelong_metrics(summary, evals, curves)
@@ -537,19 +547,13 @@ def cmd_report(args) -> int:
 
 def cmd_compare(args) -> int:
     from clbench.results.compare import compare, format_comparison, ranks_path
-    from clbench.results.store import merge_runs, merge_summaries, write_csv
+    from clbench.results.store import write_csv
 
     stores = [_existing_store(d) for d in args.dirs]
     outputs = [] if args.output is None else [args.output, ranks_path(args.output)]
     for path in outputs:
         _check_output_file(path, args.dirs)
-    if args.split not in tables.SPLITS:
-        raise unknown_choice("split (--split)", args.split, tables.SPLITS)
-    summary = merge_summaries([s.summary(split=args.split) for s in stores])  # each run once, canonical row order
-    if args.split == "val" and summary.empty:
-        raise UsageError(f"no run in {', '.join(map(str, args.dirs))} has validation evaluations; make them with "
-                         "`clbench run --validation-split F`")
-    runs = merge_runs([s.runs() for s in stores])  # each run's stream seed and settings
+    summary, runs = _phase_summary(stores, args.split, "final", args.dirs)  # runs: stream seeds and settings
     result = compare(summary, args.reference, metric=args.metric, runs=runs)  # every check before any write
     if outputs:
         write_csv(result.table, outputs[0])
@@ -676,7 +680,7 @@ def cmd_sweep(args) -> int:
         if sweep.tune:
             finals = sum(len(sweep.seeds) for _ in sweep.cells())
             print(f"then {finals} final runs: each method's selected configuration on seeds "
-                  f"{' '.join(map(str, sweep.seeds))} ({sweep.tune.describe(0).split(', ', 1)[0]})")
+                  f"{' '.join(map(str, sweep.seeds))} ({sweep.tune.criterion})")
         return 0
     check_writable(args.out)
     if args.executor == "ray":
@@ -714,7 +718,7 @@ def _execute_sweep(sweep, store, args, todo) -> int:
             print(f"[tune] {line}", file=sys.stderr)
         finals = sweep.final_configs(selection)
         final_todo = [c for c in finals if c.run_id not in store.finished_run_ids()]
-        print(f"[tune] selected {len(selection)} configuration(s) ({sweep.tune.describe(0).split(', ', 1)[0]}); "
+        print(f"[tune] selected {len(selection)} configuration(s) ({sweep.tune.criterion}); "
               f"{len(finals)} final runs, {len(finals) - len(final_todo)} already finished")
         if not (args.executor == "ray" and args.address):
             build_streams(sweep, final_todo, keep=args.executor == "local" and args.workers == 1)
@@ -793,10 +797,11 @@ def cmd_bench(args) -> int:
     summary, board = store.write_derived()
     names = [cls.name for cls in classes]
     rows = []
+    runs = store.runs()
     for baseline in suite.baselines:
         if baseline not in set(summary["strategy"]):
             continue
-        table = compare(summary, baseline, runs=store.runs()).table
+        table = compare(summary, baseline, runs=runs).table
         rows.append(table[table["strategy"].isin(names)])
     comparison = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     if not comparison.empty:  # one family: the new strategies against every baseline

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 
 from clbench import _toml
 from clbench.benchmarks import SCENARIOS, benchmark_info, make_stream
+from clbench.benchmarks.generators import check_fraction
 from clbench.benchmarks.registry import check_backbone, check_class_order
 from clbench.errors import UsageError, unknown_choice
 from clbench.metrics.tables import LOWER_IS_BETTER
@@ -86,10 +87,13 @@ class Tune:
     trials: int | None = None  # at most this many configurations per method (None: its whole grid)
     validation_split: float = 0.1  # of each experience's training data, held out for the tuning runs
 
+    @property
+    def criterion(self) -> str:
+        return f"{self.metric} on {self.split}"
+
     def describe(self, n_trials: int) -> str:
         where = f"first {self.experiences} experiences" if self.experiences else "all experiences"
-        return (f"{self.metric} on {self.split}, {where}, {n_trials} trial(s), tuning seeds "
-                f"{' '.join(map(str, self.seeds))}")
+        return f"{self.criterion}, {where}, {n_trials} trial(s), tuning seeds {' '.join(map(str, self.seeds))}"
 
 
 @dataclass
@@ -280,9 +284,8 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
             raise UsageError(f"{where}: setting {key} must be at least 1, got {settings[key]}")
     if settings.get("stream_seed", 0) < 0:
         raise UsageError(f"{where}: setting stream_seed must be >= 0, got {settings['stream_seed']}")
-    if not 0 < settings.get("validation_split", 0.5) < 1:
-        raise UsageError(f"{where}: setting validation_split must be a fraction in (0, 1), got "
-                         f"{settings['validation_split']}")
+    if "validation_split" in settings:
+        check_fraction(settings["validation_split"], f"{where}: setting validation_split")
     device = settings.get("device", "cpu")
     check_device(device, here=False)  # whether this machine has it is for the command that runs here to say
 
@@ -377,8 +380,7 @@ def _tune(table, where: str) -> Tune:
             raise UsageError(f"{where}: [tune] {key} must be a positive integer, got {value!r}")
         out[key] = value
     fraction = table.get("validation_split", 0.1)
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-        raise UsageError(f"{where}: [tune] validation_split must be a fraction in (0, 1), got {fraction!r}")
+    check_fraction(fraction, f"{where}: [tune] validation_split")
     return Tune(metric=metric, split=split, seeds=tuple(seeds), validation_split=float(fraction), **out)
 
 
