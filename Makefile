@@ -6,14 +6,14 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 OUT ?= results/quick
 BIN = $(VENV)/bin
 
-.PHONY: quick test lint data browser install
+.PHONY: quick test lint data browser shells install
 
 quick: install data
 	$(BIN)/clbench run --benchmark split-fmnist --scenario class task \
 		--strategy naive joint ewc replay --set replay.mem_size=1000 \
 		--seeds 0 1 2 --epochs 1 --batch-size 128 --lr 0.01 --momentum 0.9 --out $(OUT)
 
-test: install data browser
+test: install data browser shells
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -24,7 +24,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[test,lint,avalanche,ray]"
+	$(BIN)/python -m pip install -q -e ".[test,lint,avalanche,ray,tensorboard,wandb,mlflow]"
 	touch $@
 
 # Fashion-MNIST from Debian's archive where we may install it; otherwise see the README (data root or --download).
@@ -37,3 +37,9 @@ data:
 browser:
 	@if ! command -v chromium >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; fi
+
+# zsh from Debian's archive where we may install it: the completion test checks the generated zsh script's syntax (and
+# is skipped without zsh; bash's is tested wherever bash is).
+shells:
+	@if ! command -v zsh >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zsh; fi

@@ -1,5 +1,6 @@
 """The exceptions that the CLI turns into one clear message: bad input (exit 2) and a full disk (exit 1)."""
 
+import difflib
 import errno
 import os
 from pathlib import Path
@@ -12,10 +13,15 @@ class UsageError(ValueError):
     """
 
 
-def unknown_choice(kind: str, value, choices) -> UsageError:
-    """Build the standard 'unknown X' error listing the valid choices."""
-    listed = ", ".join(sorted(str(c) for c in choices))
-    return UsageError(f"unknown {kind} {value!r}; valid choices: {listed}")
+def unknown_choice(kind: str, value, choices, *, where: str | None = None) -> UsageError:
+    """The standard error for a name that is not one of `choices`, with the closest valid name (difflib) when one is
+    close: "unknown strategy 'ewcc' (did you mean 'ewc'?); valid choices: ...". `where` follows the value: "unknown
+    hyperparameter 'mem_size' for naive, ewc in --set; ..."."""
+    names = sorted(str(c) for c in choices)
+    context = f" {where}" if where else ""
+    close = difflib.get_close_matches(value, names, n=1, cutoff=0.6) if isinstance(value, str) else []
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return UsageError(f"unknown {kind} {value!r}{context}{hint}; valid choices: {', '.join(names)}")
 
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

@@ -19,15 +19,16 @@ def ready(name, stream, params=None, train=FAST_TRAIN, seed=0):
     """Strategy `name` set up on the stream's backbone, initialised from `seed`."""
     strategy = make_strategy(name, params)
     torch.manual_seed(seed)
-    strategy.setup(stream.spec, build_backbone(stream.spec), train=train, seed=seed)
+    strategy.begin_run(stream.spec, build_backbone(stream.spec), train=train, seed=seed)
     return strategy
 
 
 def train_on(strategy, exp, n=None):
-    """One epoch (or its first `n` batches) on an experience, with the hooks around it; the step statistics."""
-    strategy.before_experience(exp)
+    """One epoch (or its first `n` batches) on an experience, with the hooks around it (as the runner calls them,
+    optimizer reset included); the step statistics."""
+    strategy.begin_experience(exp)
     stats = [strategy.train_step(batch) for batch in batches(strategy.train_data(exp), n=n)]
-    strategy.after_experience(exp)
+    strategy.end_experience(exp)
     return stats
 
 

@@ -112,7 +112,7 @@ def test_sweep_files_with_bad_values_or_shapes_are_refused(tmp_path, capsys, old
     (["--setting", "momentum=nan"], "got nan"),
     (["--setting", "stream_seed=-1"], "stream_seed must be >= 0, got -1"),
     (["--seeds", "-1"], "--seeds must be integers >= 0, got -1"),
-    (["--setting", "lrr=0.1"], "unknown setting in --setting 'lrr'; valid choices: "),
+    (["--setting", "lrr=0.1"], "unknown setting 'lrr' in --setting (did you mean 'lr'?); valid choices: "),
     (["--address", "host:1"], "--address 'host:1' names a Ray cluster; it needs --executor ray"),
 ])
 def test_sweep_command_line_replacements_are_checked(tmp_path, capsys, flags, named):

@@ -66,10 +66,10 @@ def test_accuracy_taw_is_the_task_il_accuracy_of_the_same_model(digits_class, di
     strategy = loop._fresh_strategy(config("naive", "class"), digits_class, torch.device("cpu"))
     order = torch.Generator().manual_seed(loop.run_seeds(config("naive", "class"))[1])
     for exp in digits_class:  # train the same model again, by hand, to evaluate it both ways
-        strategy.before_experience(exp)
+        strategy.begin_experience(exp)
         for _ in strategy.fit_experience(exp, loop.minibatches(strategy.train_data(exp), FAST_TRAIN, order)):
             pass
-        strategy.after_experience(exp)
+        strategy.end_experience(exp)
     class_rows = loop.evaluate(strategy, digits_class, 512, "cpu")
     assert digits_task.spec.classes_per_experience == digits_class.spec.classes_per_experience
     strategy.spec_ = digits_task.spec  # the same model, now told it is evaluated in task-IL: predict masks by task

@@ -251,8 +251,8 @@ def folder(tmp_path_factory):
 @pytest.mark.parametrize(("argv", "expected"), [
     (["-o", "board.txt"], ["'.txt'", ".csv", ".md", ".markdown", ".tex", "--format csv|markdown|latex"]),
     (["-o", "board"], ["no extension", ".tex"]),
-    (["-o", "board.md", "--format", "html"], ["'html'", "csv, markdown, latex"]),
-    (["-o", "board.md", "--metric", "accuracy"], ["'accuracy'", "acc, bwt, fwt, forgetting"]),
+    (["-o", "board.md", "--format", "html"], ["'html'", "valid choices: csv, latex, markdown"]),
+    (["-o", "board.md", "--metric", "accuracy"], ["'accuracy'", "valid choices: acc, ", "bwt", "forgetting"]),
     (["-o", "board.csv", "--metric", "bwt"], ["--metric", "markdown or latex"]),
 ])  # fmt: skip
 def test_bad_format_or_metric_exits_2_and_writes_nothing(folder, tmp_path, capsys, argv, expected):

@@ -167,8 +167,7 @@ def test_a_folder_where_some_seeds_fail_and_folders_that_differ_only_in_epochs(t
                  "--seeds", "0", "1", "2", "--out", str(a)])
     assert code == 1  # some runs failed
     board = pd.read_csv(a / "leaderboard.csv", keep_default_na=False, na_values=[""])
-    assert board["strategy"].tolist() == ["naive", "tests.user_strategies:FailsForSeed",
-                                          "tests.user_strategies:Diverging"]
+    assert board["strategy"].tolist() == ["naive", "FailsForSeed", "Diverging"]
     assert board["status"].tolist() == ["ok", "partial", "failed"]
     assert board[["n_runs", "n_ok", "n_failed", "n_seeds"]].values.tolist() == [[3, 3, 0, 3], [3, 2, 1, 2],
                                                                                    [3, 0, 3, 0]]

@@ -137,7 +137,8 @@ def test_presets_command_lists_and_shows(capsys):
     shown = capsys.readouterr().out
     assert "arXiv:1904.07734" in shown and "Table 4, Online EWC" in shown and "0.1996" in shown
     assert run_cli("presets", "three-scenarios") == 2
-    assert "unknown preset 'three-scenarios'; valid choices: gem-mnist-permutations" in capsys.readouterr().err
+    assert ("unknown preset 'three-scenarios' (did you mean 'three-scenarios-split-mnist'?); valid choices: "
+            "gem-mnist-permutations") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -24,7 +24,7 @@ ADAM_KEEP = TrainConfig(batch_size=32, lr=0.001, optimizer="adam", optimizer_sta
 
 
 def _first_steps(strategy, exp, n=3):
-    strategy.before_experience(exp)
+    strategy.begin_experience(exp)
     for batch in batches(exp.train, n=n):
         strategy.train_step(batch)
 
@@ -38,7 +38,7 @@ def test_keep_carries_adam_moments_and_momentum_buffers_into_the_next_experience
     optimizer = strategy.optimizer_
     saved = {id(p): {k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for p, s in optimizer.state.items()}
     assert saved and all(saved.values())
-    strategy.before_experience(digits_class[1])
+    strategy.begin_experience(digits_class[1])
     assert strategy.optimizer_ is optimizer  # the same optimizer ...
     for p, state in strategy.optimizer_.state.items():  # ... with every moment / momentum buffer as it was
         for key, value in saved[id(p)].items():
@@ -49,7 +49,7 @@ def test_reset_starts_every_experience_with_an_empty_optimizer_state(digits_clas
     strategy = ready("naive", digits_class, train=TrainConfig(batch_size=32, lr=0.001, optimizer="adam"))
     _first_steps(strategy, digits_class[0])
     old = strategy.optimizer_
-    strategy.before_experience(digits_class[1])
+    strategy.begin_experience(digits_class[1])
     assert strategy.optimizer_ is not old and len(strategy.optimizer_.state) == 0
 
 

@@ -62,11 +62,11 @@ def test_predict_shape_under_no_grad(name, request):
     torch.manual_seed(0)
     strategy.setup(stream.spec, build_backbone(stream.spec), train=FAST_TRAIN, seed=0)
     exp = stream[0]
-    strategy.before_experience(exp)
+    strategy.begin_experience(exp)
     data = strategy.train_data(exp)
     stats = strategy.train_step(Batch(data.x[:16], data.y[:16], data.task[:16]))
     assert math.isfinite(stats["loss"])
-    strategy.after_experience(exp)
+    strategy.end_experience(exp)
     # every method but fine-tuning keeps something beyond the model after an experience, and reports it
     kept = strategy.state_bytes()
     assert isinstance(kept, int) and (kept == 0 if name == "naive" else kept > 0)
@@ -111,7 +111,7 @@ def test_user_strategy_by_module_path():
 
 def test_a_users_subclass_of_a_builtin_runs_as_itself(digits_class):
     variant = get_strategy("tests.user_strategies:KeepOptimizer")
-    assert variant.name == "tests.user_strategies:KeepOptimizer" and get_strategy("agem").name == "agem"
+    assert variant.name == "KeepOptimizer" and get_strategy("agem").name == "agem"
     ours = loop.run(config("tests.user_strategies:KeepOptimizer"), digits_class, progress=False)
     builtin = loop.run(config("agem"), digits_class, progress=False)
     assert ours.status == builtin.status == "ok"
@@ -138,12 +138,12 @@ def test_ewc_penalty_holds_important_weights_near_their_anchor(digits_class):
         torch.manual_seed(0)
         strategy.setup(digits_class.spec, build_backbone(digits_class.spec), train=FAST_TRAIN, seed=0)
         for exp in list(digits_class)[:2]:
-            strategy.before_experience(exp)
+            strategy.begin_experience(exp)
             for start in range(0, len(exp.train), 32):
                 part = exp.train.subset(slice(start, start + 32))
                 strategy.train_step(Batch(part.x, part.y, part.task))
             if exp.index == 0:
-                strategy.after_experience(exp)
+                strategy.end_experience(exp)
         (fisher,), (anchor,) = strategy.importances_, strategy.anchors_
         return sum((fisher[n] * (p - anchor[n]).pow(2)).sum().item() for n, p in strategy.model_.named_parameters())
 
@@ -229,9 +229,9 @@ def test_online_ewc_keeps_one_decayed_penalty(digits_class):
     strategy = make_strategy("ewc", {"mode": "online", "decay_factor": 0.5})
     torch.manual_seed(0)
     strategy.setup(digits_class.spec, build_backbone(digits_class.spec), train=FAST_TRAIN, seed=0)
-    strategy.after_experience(digits_class[0])
+    strategy.end_experience(digits_class[0])
     first = {n: f.clone() for n, f in strategy.importances_[0].items()}
-    strategy.after_experience(digits_class[1])
+    strategy.end_experience(digits_class[1])
     assert len(strategy.importances_) == 1
     new = strategy.empirical_fisher(digits_class[1].train)
     for n in first:
@@ -245,7 +245,7 @@ def test_replay_buffer_size_and_content(digits_class, policy):
     strategy.setup(digits_class.spec, build_backbone(digits_class.spec), train=FAST_TRAIN, seed=0)
     seen = []
     for exp in list(digits_class)[:3]:
-        strategy.after_experience(exp)
+        strategy.end_experience(exp)
         seen.append(exp.train)
         assert len(strategy.buffer_) == 50
     buffer = strategy.buffer_
@@ -267,7 +267,7 @@ def test_reservoir_is_uniform_over_everything_seen(digits_class):
         strategy = make_strategy("replay", {"mem_size": 60})
         strategy.setup(digits_class.spec, build_backbone(digits_class.spec), train=FAST_TRAIN, seed=seed)
         for exp in list(digits_class)[:3]:
-            strategy.after_experience(exp)
+            strategy.end_experience(exp)
         shares += torch.bincount(strategy.buffer_.task, minlength=3)[:3].float()
     sizes = torch.tensor([len(digits_class[i].train) for i in range(3)], dtype=torch.float)
     torch.testing.assert_close(shares / shares.sum(), sizes / sizes.sum(), atol=0.04, rtol=0)
@@ -279,7 +279,7 @@ def test_replay_batches_mix_memory(digits_class):
     exp = digits_class[1]
     batch = Batch(exp.train.x[:8], exp.train.y[:8], exp.train.task[:8])
     assert len(strategy.augment_batch(batch)) == 8  # nothing stored yet
-    strategy.after_experience(digits_class[0])
+    strategy.end_experience(digits_class[0])
     augmented = strategy.augment_batch(batch)
     assert len(augmented) == 18 and set(augmented.task[8:].tolist()) == {0}
 
@@ -290,9 +290,9 @@ def test_joint_row_i_is_trained_on_the_union_from_scratch(digits_class):
     model = build_backbone(digits_class.spec)
     initial = {k: v.clone() for k, v in model.state_dict().items()}
     strategy.setup(digits_class.spec, model, train=FAST_TRAIN, seed=0)
-    strategy.before_experience(digits_class[0])
+    strategy.begin_experience(digits_class[0])
     strategy.train_step(Batch(digits_class[0].train.x[:8], digits_class[0].train.y[:8], digits_class[0].train.task[:8]))
-    strategy.before_experience(digits_class[1])
+    strategy.begin_experience(digits_class[1])
     for k, v in model.state_dict().items():
         assert torch.equal(v, initial[k])  # restarted from the run's initial weights
     union = strategy.train_data(digits_class[1])

@@ -59,7 +59,7 @@ def test_sweep_file_expands_to_the_product(tmp_path):
 @pytest.mark.parametrize(("edit", "message"), [
     (("seeds = [0, 1, 2]", "seeds = []"), "'seeds' must be a non-empty list"),
     (('benchmarks = ["split-digits"]', 'benchmarks = ["split-nope"]'), "unknown benchmark 'split-nope'"),
-    (("epochs = 1", "epoch = 1"), "unknown setting in .*'epoch'; valid choices: .*epochs"),
+    (("epochs = 1", "epoch = 1"), r"unknown setting 'epoch' in .*\(did you mean 'epochs'\?\); valid choices: .*epochs"),
     (('name = "naive"', 'name = "naiv"'), "unknown strategy 'naiv'"),
     (("ewc_lambda = [1.0, 10.0]", "ewc_lamda = [1.0]"), "unknown hyperparameter 'ewc_lamda'"),
     (("mem_size = 100", "mem_size = 0"), "mem_size must be at least 1"),
@@ -67,7 +67,7 @@ def test_sweep_file_expands_to_the_product(tmp_path):
     (("[settings]", "[setings]"), "unknown key 'setings'"),
     (('params = { mem_size = 100 }', 'scenarios = ["domain"]'), "scenario of .*'replay'.*'domain'.*class, task"),
     (('params = { mem_size = 100 }', 'settings = { momentum = 0.9, threads = 2 }'),
-     "unknown setting in .*'replay'.*'threads'; valid choices: .*epochs"),
+     "unknown setting 'threads' in .*'replay'.*; valid choices: .*epochs"),
     (('params = { mem_size = 100 }', 'settings = { lr = "fast" }'), "setting lr='fast' must be float"),
     (('params = { mem_size = 100 }', 'settings = { iterations = 0 }'), "iterations must be at least 1, got 0"),
 ])

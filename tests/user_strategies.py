@@ -22,12 +22,12 @@ class Diverging(SGDStrategy):
 
 
 class KeepOptimizer(AGEM):
-    """A user's variant of a built-in: A-GEM whose optimizer state carries over between experiences."""
+    """A user's variant of a built-in: A-GEM whose optimizer state carries over between experiences (the runner's
+    per-experience reset asks make_optimizer for the optimizer, and gets the one it has)."""
 
-    def before_experience(self, exp):
-        if not hasattr(self, "optimizer_kept_"):
-            self.optimizer_kept_ = True
-            super().before_experience(exp)
+    def make_optimizer(self):
+        kept = getattr(self, "optimizer_", None)
+        return kept if kept is not None else super().make_optimizer()
 
 
 class InterruptOnce(EWC):

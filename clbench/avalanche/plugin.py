@@ -88,10 +88,10 @@ class ClbenchPlugin(SupervisedPlugin):
     def before_train_dataset_adaptation(self, strategy, **kwargs):
         if not self._ready:
             train = TrainConfig(epochs=strategy.train_epochs, batch_size=strategy.train_mb_size)
-            self.strategy.setup(self.spec, strategy.model, train=train, seed=self.seed, device=strategy.device)
+            self.strategy.begin_run(self.spec, strategy.model, train=train, seed=self.seed, device=strategy.device)
             self._ready = True
         self._exp = experience_from_avalanche(strategy.experience)
-        self.strategy.before_experience(self._exp)
+        self.strategy.begin_experience(self._exp)
 
     def after_train_dataset_adaptation(self, strategy, **kwargs):
         data = avalanche_train_data(self.strategy, self._exp)
@@ -99,7 +99,7 @@ class ClbenchPlugin(SupervisedPlugin):
             strategy.adapted_dataset = tensor_dataset(data, data.task).train()
 
     def after_training_exp(self, strategy, **kwargs):
-        self.strategy.after_experience(self._exp)
+        self.strategy.end_experience(self._exp)
         self._exp = None
 
     # -- the step ------------------------------------------------------------------------------------------------

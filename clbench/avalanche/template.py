@@ -45,7 +45,7 @@ class ClbenchStrategy(SupervisedTemplate):
             torch.manual_seed(seed)
             model = build_backbone(spec)
         model = model.to(device)
-        self.clbench.setup(spec, model, train=train, seed=seed, device=device)
+        self.clbench.begin_run(spec, model, train=train, seed=seed, device=device)
         self.spec = spec
         self._exp = None
         self._mb_output = None
@@ -65,7 +65,7 @@ class ClbenchStrategy(SupervisedTemplate):
     # -- experiences ---------------------------------------------------------------------------------------------
     def train_dataset_adaptation(self, **kwargs):
         self._exp = experience_from_avalanche(self.experience)
-        self.clbench.before_experience(self._exp)
+        self.clbench.begin_experience(self._exp)
         data = avalanche_train_data(self.clbench, self._exp)
         # Keep Avalanche's dataset (and its train transforms) unless the method trains on more (joint).
         self.adapted_dataset = (self.experience.dataset if data is self._exp.train
@@ -73,7 +73,7 @@ class ClbenchStrategy(SupervisedTemplate):
         self.optimizer = getattr(self.clbench, "optimizer_", self.optimizer)
 
     def _after_training_exp(self, **kwargs):
-        self.clbench.after_experience(self._exp)
+        self.clbench.end_experience(self._exp)
         super()._after_training_exp(**kwargs)
 
     # -- steps ---------------------------------------------------------------------------------------------------

@@ -1,56 +1,31 @@
 """Benchmarks: the data model, dataset loaders, stream generators, named benchmarks and reference backbones.
 
-torchvision and scikit-learn are imported only when a dataset is loaded or a stream rotated, so importing this
-package stays cheap for code that only needs the data model.
+The names below are imported on first use (PEP 562): the catalog of named benchmarks (clbench.benchmarks.catalog)
+needs no torch, so commands that only describe or read results start fast; torchvision and scikit-learn are imported
+only when a dataset is loaded or a stream rotated.
 """
 
-from .backbones import MLP, Backbone, ReducedResNet18, build_backbone
-from .base import (
-    SCENARIOS,
-    Batch,
-    Experience,
-    Stream,
-    StreamSpec,
-    TensorData,
-    TransformedTensorData,
-    batch_slices,
-    batches_per_pass,
-)
-from .datasets import DATASETS, Dataset, default_data_root, load_dataset
-from .generators import (
-    permuted_stream,
-    rotated_stream,
-    split_stream,
-    stream_from_datasets,
-    stream_from_tensors,
-)
-from .registry import BenchmarkInfo, benchmark_info, list_benchmarks, make_stream
+import importlib
 
-__all__ = [
-    "DATASETS",
-    "MLP",
-    "SCENARIOS",
-    "Backbone",
-    "Batch",
-    "batch_slices",
-    "batches_per_pass",
-    "BenchmarkInfo",
-    "Dataset",
-    "Experience",
-    "ReducedResNet18",
-    "Stream",
-    "StreamSpec",
-    "TensorData",
-    "TransformedTensorData",
-    "benchmark_info",
-    "build_backbone",
-    "default_data_root",
-    "list_benchmarks",
-    "load_dataset",
-    "make_stream",
-    "permuted_stream",
-    "rotated_stream",
-    "split_stream",
-    "stream_from_datasets",
-    "stream_from_tensors",
-]
+_EXPORTS = {
+    "SCENARIOS": "catalog", "BenchmarkInfo": "catalog", "benchmark_info": "catalog", "list_benchmarks": "catalog",
+    "MLP": "backbones", "Backbone": "backbones", "ReducedResNet18": "backbones", "build_backbone": "backbones",
+    "Batch": "base", "Experience": "base", "Stream": "base", "StreamSpec": "base", "TensorData": "base",
+    "TransformedTensorData": "base", "batch_slices": "base", "batches_per_pass": "base",
+    "DATASETS": "datasets", "Dataset": "datasets", "default_data_root": "datasets", "load_dataset": "datasets",
+    "permuted_stream": "generators", "rotated_stream": "generators", "split_stream": "generators",
+    "stream_from_datasets": "generators", "stream_from_tensors": "generators",
+    "make_stream": "registry",
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def __dir__():
+    return __all__

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-SCENARIOS = ("task", "domain", "class")
+from .catalog import SCENARIOS  # noqa: F401 - the data model's scenarios
 
 
 @dataclass(frozen=True)

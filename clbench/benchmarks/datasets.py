@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from ..errors import UsageError, unknown_choice
+from .catalog import N_CLASSES
 
-# Class counts are known without touching the disk, so callers can validate a request before loading anything.
-N_CLASSES = {"digits": 10, "fmnist": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
 DATASETS = tuple(N_CLASSES)
 
 # Where Debian's `dataset-fashion-mnist` package installs the gzipped IDX files; a module constant so tests can
@@ -187,8 +186,8 @@ def _fmnist(name: str, root: str, download: bool) -> Dataset:
         return _from_mnist_class(name, _torchvision_dataset("FashionMNIST"), root, download=True)
     raise UsageError(
         f"Fashion-MNIST not found in {raw} nor in {DEBIAN_FMNIST_DIR}. Get it with "
-        "`apt-get install dataset-fashion-mnist`, or pass download=True (CLI: --download) to fetch it into the data "
-        f"root, or put the four IDX files (train-images-idx3-ubyte, ...; plain or .gz) under {raw}"
+        "`apt-get install dataset-fashion-mnist`, or fetch it into the data root with --download (Python: "
+        f"download=True), or put the four IDX files (train-images-idx3-ubyte, ...; plain or .gz) under {raw}"
     )
 
 
@@ -235,7 +234,17 @@ def _open_torchvision(name: str, cls, root: str, download: bool, train: bool):
     except (RuntimeError, OSError) as error:  # missing files (RuntimeError) or a failed download (URLError ⊂ OSError)
         if download:
             raise UsageError(f"could not download {name} into {root}: {error}") from error
+        # torchvision's own wording ("use download=True") is for its API; say what clbench's user can do
         raise UsageError(
-            f"{name} not found under the data root {root} ({error}). Pass download=True (CLI: --download) to fetch "
-            f"it, point --data-root / $CLBENCH_DATA at a folder holding torchvision's layout, or copy the files there"
+            f"{name} not found: no readable {_torchvision_folder(cls)} under the data root {root}. Fetch it with "
+            f"--download (Python: download=True), or point --data-root or $CLBENCH_DATA at a folder that holds it"
         ) from error
+
+
+def _torchvision_folder(cls) -> str:
+    """The folder a torchvision dataset class reads under its root: cifar-10-batches-py/, MNIST/raw/, ..."""
+    base = getattr(cls, "base_folder", None)
+    if base:
+        return f"{base}/"
+    name = next(c.__name__ for c in cls.__mro__ if not c.__name__.startswith("Present"))
+    return f"{name}/raw/"

@@ -25,11 +25,8 @@ import torch
 
 from ..errors import UsageError, unknown_choice
 from .base import SCENARIOS, Experience, Stream, StreamSpec, TensorData, TransformedTensorData
+from .catalog import PERMUTED_SCENARIOS, ROTATED_SCENARIOS, SPLIT_SCENARIOS  # noqa: F401 - importable from here
 from .datasets import Dataset
-
-SPLIT_SCENARIOS = ("class", "domain", "task")  # sorted, as unknown_choice lists them
-PERMUTED_SCENARIOS = ("domain", "task")
-ROTATED_SCENARIOS = PERMUTED_SCENARIOS
 
 # Permuted/rotated streams whose stored training sets would exceed this many bytes transform them when read instead
 # (permuted-fmnist: stored up to 11 experiences). Reading costs one transform per use, storing T copies of the data.

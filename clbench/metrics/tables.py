@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from clbench.errors import UsageError
+from clbench.errors import UsageError, unknown_choice
 from clbench.metrics.curves import CURVE_METRICS, curve_metrics
 from clbench.metrics.lifelong import LIFELONG_METRICS
 from clbench.metrics.matrix import (
@@ -228,7 +228,7 @@ def phases_of(runs_df: pd.DataFrame) -> pd.Series:
 def on_split(evals_df: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     """The eval rows of one split; a table without a split column (an older folder) is all test rows."""
     if split not in SPLITS:
-        raise UsageError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+        raise unknown_choice("split", split, SPLITS)
     if "split" not in evals_df.columns:
         return evals_df if split == "test" else evals_df.iloc[0:0]
     return evals_df[evals_df["split"].fillna("test") == split]

@@ -52,6 +52,16 @@ class Preset:
     sweep: dict
     published: list[dict] = field(default_factory=list)
 
+    @property
+    def n_runs(self) -> int:
+        """The number of runs of the preset's sweep (the product clbench.runners.sweep builds from it), counted
+        without importing a strategy: `clbench presets` lists presets without torch."""
+        spec = self.sweep
+        per_benchmark_and_seed = sum(
+            len(entry.get("scenarios", spec["scenarios"])) * math.prod(len(v) for v in entry.get("grid", {}).values())
+            for entry in spec["strategies"])
+        return per_benchmark_and_seed * len(spec["benchmarks"]) * len(spec["seeds"])
+
     def published_table(self, benchmark_map: dict[str, str] | None = None) -> pd.DataFrame:
         """The published numbers as rows of published.csv. With a benchmark map (a paper's MNIST run on an offline
         dataset), rows keep the benchmark the number was published on in `published_on`, and `compare` marks
@@ -78,13 +88,12 @@ def _parse(text: str, where: str) -> Preset:
     spec = _toml.loads(text)
     unknown = set(spec) - PRESET_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid choices: "
-                         f"{', '.join(sorted(PRESET_KEYS))}")
+        raise UsageError(f"{where}: {unknown_choice('key', sorted(unknown)[0], PRESET_KEYS)}")
     for entry in spec.get("published", []):
         unknown = set(entry) - PUBLISHED_KEYS
         if unknown:
-            raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} in [[published]]; valid choices: "
-                             f"{', '.join(sorted(PUBLISHED_KEYS))}")
+            error = unknown_choice("key", sorted(unknown)[0], PUBLISHED_KEYS, where="in [[published]]")
+            raise UsageError(f"{where}: {error}")
         if not 0 <= entry["value"] <= 1:
             raise UsageError(f"{where}: published value {entry['value']!r} is not a fraction in [0, 1]")
     return Preset(name=spec["name"], title=spec["title"], citation=spec["citation"], provenance=spec["provenance"],

@@ -16,7 +16,7 @@ from pathlib import PurePath
 
 import pandas as pd
 
-from clbench.errors import UsageError
+from clbench.errors import UsageError, unknown_choice
 from clbench.metrics.tables import LOWER_IS_BETTER, label_from_json, mean_sem_str, metrics_of
 
 __all__ = [
@@ -73,7 +73,7 @@ def resolve_format(output, fmt: str | None) -> str:
     """The format to write ``output`` in: ``fmt`` when given (it wins over the extension), else the extension's."""
     if fmt is not None:
         if fmt not in FORMATS:
-            raise UsageError(f"unknown --format {fmt!r}; choose one of {', '.join(FORMATS)}")
+            raise unknown_choice("--format", fmt, FORMATS)
         return fmt
     suffix = PurePath(str(output)).suffix.lower()
     if suffix not in EXTENSIONS:
@@ -86,7 +86,7 @@ def resolve_format(output, fmt: str | None) -> str:
 def _check_metric(board: pd.DataFrame, metric: str) -> None:
     known = metrics_of(board)
     if metric not in known:
-        raise UsageError(f"unknown --metric {metric!r}; choose one of {', '.join(known)}")
+        raise unknown_choice("--metric", metric, known)
     missing = [c for c in (f"{metric}_mean", f"{metric}_sem") if c not in board.columns]
     if missing:
         raise UsageError(f"the leaderboard lacks column(s) {missing} for --metric {metric!r}")

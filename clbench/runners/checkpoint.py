@@ -71,7 +71,7 @@ class SavedRun:
     def restore(self, strategy, order_generator: torch.Generator) -> None:
         """Load the saved states into a freshly built strategy and order generator, then into the global generators
         (last, and rolled back on failure, so that a checkpoint that fails to load leaves them untouched)."""
-        strategy.load_checkpoint_state(self.strategy_state)
+        strategy.restore_checkpoint(self.strategy_state)
         order_generator.set_state(self.order_rng)
         _set_global_rng(self.global_rng)
 

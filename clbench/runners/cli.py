@@ -9,27 +9,28 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import inspect
 import os
 import platform
+import shutil
 import sys
 import textwrap
 import time
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
-import torch
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 import clbench
-from clbench.benchmarks import SCENARIOS, benchmark_info, list_benchmarks, make_stream
-from clbench.benchmarks.generators import check_fraction
-from clbench.benchmarks.registry import TRAINING_KEYS
+from clbench.benchmarks.catalog import SCENARIOS, TRAINING_KEYS, benchmark_info, list_benchmarks
 from clbench.errors import UsageError, unknown_choice
-from clbench.metrics import tables
-from clbench.strategies import TrainConfig, get_strategy, strategy_names
-from clbench.strategies.base import Strategy
-from clbench.strategies.registry import describe_params, params_label, strategy_ref
+from clbench.strategies.registry import check_distinct_names, describe_params, params_label, strategy_ref
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from clbench.strategies.base import Strategy
+
+# torch, pandas and the strategies are imported by the commands that need them: --help, --version and `list` answer
+# at once, and the commands that only read a results folder never import torch.
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
@@ -73,70 +74,192 @@ def _training_epilog() -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="clbench", description=clbench.__doc__)
-    parser.add_argument("--version", action="version", version=f"clbench {clbench.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def _benchmark_default(key: str) -> str:
+    """'default per benchmark: 0.01; split-cifar10, split-cifar100: 0.03': a training setting's defaults (the
+    benchmarks' standard settings), the most common value first."""
+    values: dict = {}
+    for info in list_benchmarks():
+        values.setdefault(info.training[key], []).append(info.name)
+    shown = [f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in values]
+    order = sorted(range(len(values)), key=lambda i: -len(list(values.values())[i]))
+    names = list(values.values())
+    parts = [shown[order[0]]] + [f"{', '.join(names[i])}: {shown[i]}" for i in order[1:]]
+    return "default per benchmark: " + "; ".join(parts)
 
-    sub.add_parser("list", help="benchmarks (with scenarios) and strategies (with hyperparameters and defaults)")
 
-    run = sub.add_parser("run", help="train strategies through streams and record every accuracy",
-                         epilog=_training_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("--benchmark", nargs="+", required=True, metavar="B", help="one or more named benchmarks")
-    run.add_argument("--scenario", nargs="+", required=True, metavar="S", help=f"one or more of {', '.join(SCENARIOS)}")
-    run.add_argument("--strategy", nargs="+", required=True, metavar="X",
-                     help="registered names or package.module:Class")
-    run.add_argument("--set", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=VALUE",
-                     help="hyperparameters as Python literals; prefix with a strategy name to target only it")
-    run.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N", help="training seeds (default: 0)")
-    run.add_argument("--stream-seed", type=int, default=0, help="seed of class order / permutations (default: 0)")
-    run.add_argument("--class-order", default="seeded", help="split benchmarks: seeded (drawn from the stream seed, "
-                                                              "default) or natural (0/1, 2/3, ...)")
-    run.add_argument("--n-experiences", type=int, default=None, help="override the benchmark's number of experiences")
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's table as written; wider columns for the option names."""
+
+    def __init__(self, prog):
+        super().__init__(prog, max_help_position=34, width=min(120, shutil.get_terminal_size().columns))
+
+
+def _add_output(parser, *, bars: str = "bars", out_required: bool = True) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=out_required, type=_output_path, metavar="DIR",
+                     help="output folder; finished runs in it are reused and its tables extended"
+                          + ("" if out_required else " (required unless --dry-run)"))
+    out.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
+    out.add_argument("--quiet", action="store_true", help=f"no progress {bars} or per-run lines; failures and the "
+                                                          "final table only")
+    out.add_argument("--log", type=_output_path, default=None, metavar="FILE",
+                     help="also write the timestamped progress lines (one per finished run, one per phase) to FILE")
+    out.add_argument("--tracker", action="append", default=[], dest="trackers", metavar="NAME",
+                     help="also log every run to an experiment tracker: tensorboard, wandb or mlflow (repeatable; "
+                          "default: none)")
+
+
+def _add_execution(parser, *, workers: bool) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("execution")
+    if workers:
+        group.add_argument("--executor", default="local", metavar="local|ray",
+                           help="where runs execute: local processes or Ray tasks (default: local)")
+        group.add_argument("--workers", type=int, default=1, metavar="N",
+                           help="runs at a time (local processes or Ray CPUs; default: 1)")
+        group.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
+    return group
+
+
+def _add_run_options(run) -> None:
+    stream = run.add_argument_group("stream")
+    stream.add_argument("--benchmark", nargs="+", required=True, metavar="B",
+                        help="one or more named benchmarks (clbench list)")
+    stream.add_argument("--scenario", nargs="+", required=True, metavar="S",
+                        help=f"one or more of {', '.join(SCENARIOS)}")
+    stream.add_argument("--stream-seed", type=int, default=0, metavar="N",
+                        help="seed of the class order, permutations, angles and subsets (default: 0)")
+    stream.add_argument("--class-order", default="seeded", metavar="seeded|natural",
+                        help="split benchmarks: drawn from the stream seed, or 0/1, 2/3, ... (default: seeded)")
+    stream.add_argument("--n-experiences", type=int, default=None, metavar="N",
+                        help="number of experiences (default: the benchmark's, clbench list)")
+    stream.add_argument("--train-subset", type=int, default=None, metavar="N",
+                        help="at most N training samples per experience, class-balanced (default: all)")
+    stream.add_argument("--test-subset", type=int, default=None, metavar="N",
+                        help="at most N test samples per experience, class-balanced (default: all)")
+    stream.add_argument("--validation-split", type=float, default=None, metavar="F",
+                        help="hold out a class-balanced fraction F of each experience's training data (fixed by the "
+                             "stream seed) as a validation set, evaluated beside the test set (evals.csv split "
+                             "'val'; default: none)")
+    stream.add_argument("--backbone", default=None, metavar="NAME",
+                        help="a reference backbone instead of the benchmark's: mlp100, mlp400, mlp1000, "
+                             "resnet18-reduced (default: the benchmark's)")
+    stream.add_argument("--data-root", default=None, metavar="DIR",
+                        help="dataset folder (default: $CLBENCH_DATA or a user cache)")
+    stream.add_argument("--download", action="store_true", help="download missing datasets through torchvision")
+
+    method = run.add_argument_group("strategies")
+    method.add_argument("--strategy", nargs="+", required=True, metavar="X",
+                        help="registered names (clbench list) or package.module:Class")
+    method.add_argument("--set", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=VALUE",
+                        help="hyperparameters as Python literals; prefix with a strategy name to target only it "
+                             "(default: each strategy's defaults)")
+    method.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N", help="training seeds (default: 0)")
+    method.add_argument("--strict", action="store_true",
+                        help="refuse the whole command if a strategy does not support a scenario (default: skip "
+                             "those pairs with a notice)")
+
     # None: the benchmark's standard setting (BenchmarkInfo.training; `clbench list`, the epilog of run --help)
-    run.add_argument("--epochs", type=int, default=None, help="passes over each experience (default: the "
-                                                                "benchmark's, see below)")
-    run.add_argument("--iterations", type=int, default=None, metavar="N",
-                     help="optimizer steps per experience instead of epochs (reshuffling at every pass)")
-    run.add_argument("--batch-size", type=int, default=None, help="default: the benchmark's")
-    run.add_argument("--lr", type=float, default=None, help="default: the benchmark's")
-    run.add_argument("--momentum", type=float, default=None,
-                     help="SGD momentum (default: the benchmark's; 0 with an optimizer other than the benchmark's)")
-    run.add_argument("--weight-decay", type=float, default=0.0)
-    run.add_argument("--optimizer", default=None, help="sgd or adam (default: the benchmark's)")
-    run.add_argument("--optimizer-state", default="reset", help="reset: a new optimizer at every experience "
-                                                               "(default); keep: one optimizer for the whole run")
-    run.add_argument("--normalize", default="standardize", help="backbone input: standardize with the dataset's "
-                                                                "mean and std (default) or none (raw pixels)")
-    run.add_argument("--drop-last", action="store_true", help="drop each pass's last incomplete mini-batch")
-    run.add_argument("--eval-batch-size", type=int, default=2048)
-    run.add_argument("--backbone", default=None, help="a reference backbone instead of the benchmark's "
-                                                      "(mlp100, mlp400, mlp1000, resnet18-reduced)")
-    run.add_argument("--train-subset", type=int, default=None, metavar="N", help="at most N train samples per exp.")
-    run.add_argument("--test-subset", type=int, default=None, metavar="N", help="at most N test samples per exp.")
-    run.add_argument("--eval-every", type=int, default=1, metavar="K",
-                     help="full accuracy rows every K experiences (and the last); in between only R[i,i], R[i,i+1]")
-    run.add_argument("--eval-period", type=int, default=None, metavar="N",
-                     help="continual evaluation: every N optimizer steps (and each experience's first and last) "
-                          "evaluate the seen experiences and the next one on --eval-subset test samples; rows go to "
-                          "curves.csv (default: boundaries only)")
-    run.add_argument("--eval-subset", type=int, default=1000, metavar="M",
-                     help="test samples per experience (class-balanced, fixed by the stream seed) of the continual "
-                          "evaluation (default: 1000)")
-    run.add_argument("--validation-split", type=float, default=None, metavar="F",
-                     help="hold out a class-balanced fraction F of each experience's training data (fixed by the "
-                          "stream seed) as a validation set, evaluated beside the test set (evals.csv split 'val')")
-    run.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    run.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    run.add_argument("--data-root", default=None, help="dataset folder (default: $CLBENCH_DATA or a user cache)")
-    run.add_argument("--download", action="store_true", help="download missing datasets through torchvision")
-    run.add_argument("--out", required=True, type=_output_path, help="output folder; existing tables are extended")
-    run.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    train = run.add_argument_group("training")
+    train.add_argument("--epochs", type=int, default=None, metavar="N",
+                       help=f"passes over each experience; {_benchmark_default('epochs')}")
+    train.add_argument("--iterations", type=int, default=None, metavar="N",
+                       help="optimizer steps per experience instead of epochs, reshuffling at every pass "
+                            "(default: epochs)")
+    train.add_argument("--batch-size", type=int, default=None, metavar="N", help=_benchmark_default("batch_size"))
+    train.add_argument("--lr", type=float, default=None, metavar="F", help=_benchmark_default("lr"))
+    train.add_argument("--momentum", type=float, default=None, metavar="F",
+                       help=f"SGD momentum; {_benchmark_default('momentum')} (0 with another optimizer than the "
+                            "benchmark's)")
+    train.add_argument("--weight-decay", type=float, default=0.0, metavar="F", help="L2 weight decay (default: 0)")
+    train.add_argument("--optimizer", default=None, metavar="sgd|adam", help=_benchmark_default("optimizer"))
+    train.add_argument("--optimizer-state", default="reset", metavar="reset|keep",
+                       help="a new optimizer at every experience, or one for the whole run (default: reset)")
+    train.add_argument("--normalize", default="standardize", metavar="standardize|none",
+                       help="backbone input: standardized with the dataset's mean and std, or raw pixels "
+                            "(default: standardize)")
+    train.add_argument("--drop-last", action="store_true", help="drop each pass's last incomplete mini-batch")
 
-    board = sub.add_parser("leaderboard", help="merge output folders into one leaderboard: CSV, or a paper-ready "
-                                               "Markdown or LaTeX table")
-    board.add_argument("dirs", nargs="+", type=_input_path, metavar="DIR")
+    evaluation = run.add_argument_group("evaluation")
+    evaluation.add_argument("--eval-batch-size", type=int, default=2048, metavar="N",
+                            help="mini-batch of the evaluations (default: 2048)")
+    evaluation.add_argument("--eval-every", type=int, default=1, metavar="K",
+                            help="full accuracy rows every K experiences and after the last; in between only R[i,i] "
+                                 "and R[i,i+1] (default: 1)")
+    evaluation.add_argument("--eval-period", type=int, default=None, metavar="N",
+                            help="continual evaluation: every N optimizer steps (and each experience's first and "
+                                 "last) evaluate the seen experiences and the next one on --eval-subset test "
+                                 "samples; rows go to curves.csv (default: boundaries only)")
+    evaluation.add_argument("--eval-subset", type=int, default=1000, metavar="M",
+                            help="test samples per experience (class-balanced, fixed by the stream seed) of the "
+                                 "continual evaluation (default: 1000)")
+
+    _add_output(run)
+    execution = _add_execution(run, workers=False)
+    execution.add_argument("--device", default="cpu", metavar="cpu|cuda|mps",
+                           help="where to train (default: cpu)")
+    execution.add_argument("--threads", type=int, default=None, metavar="N",
+                           help="torch intra-op threads (default: torch's choice)")
+
+
+def _input_dirs(parser) -> None:
+    parser.add_argument("dirs", nargs="+", type=_input_path, metavar="DIR",
+                        help="output folders of run, sweep or bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="clbench", description=clbench.__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"clbench {clbench.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    def command(name: str, help_text: str, **kwargs):
+        description = help_text.replace("%%", "%")  # help is %-formatted by argparse, a description is not
+        return sub.add_parser(name, help=help_text, description=description[0].upper() + description[1:] + ".",
+                              formatter_class=_HelpFormatter, **kwargs)
+
+    listing = command("list", "benchmarks (with scenarios and training settings) and strategies (with "
+                              "hyperparameters and defaults)")
+    listing.add_argument("--strategy", default=None, metavar="X",
+                         help="describe one strategy: a registered name or package.module:Class")
+
+    run = command("run", "train strategies through streams and record every accuracy", epilog=_training_epilog())
+    _add_run_options(run)
+
+    sweep = command("sweep", "run the product of a sweep file (TOML) or a paper preset; a rerun skips finished runs")
+    sweep.add_argument("file", metavar="FILE.toml|preset:NAME", help="a sweep file, or preset:NAME (clbench presets)")
+    what = sweep.add_argument_group("sweep")
+    what.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N",
+                      help="replace the file's seeds (default: the file's)")
+    what.add_argument("--setting", nargs="+", action="append", default=[], metavar="NAME=VALUE",
+                      help="replace a runner setting everywhere in the file (e.g. iterations=100 train_subset=500)")
+    what.add_argument("--benchmark-map", nargs="+", action="append", default=[], metavar="FROM=TO",
+                      help="run another benchmark in place of one (e.g. split-mnist=split-fmnist); published numbers "
+                           "are then shown but not judged")
+    what.add_argument("--dry-run", action="store_true", help="list the runs and how many are done; run nothing")
+    _add_output(sweep, bars="bar", out_required=False)
+    _add_execution(sweep, workers=True)
+
+    bench = command("bench", "run new strategies through a suite's streams, tuned with its protocol, and compare them "
+                             "with its tuned baselines")
+    bench.add_argument("strategies", nargs="*", metavar="STRATEGY",
+                       help="registered names or package.module:Class; none: build the suite's baselines only")
+    protocol = bench.add_argument_group("protocol")
+    protocol.add_argument("--suite", required=True, metavar="NAME", help="digits, standard, cifar (clbench/suites) or "
+                                                                         "a suite FILE.toml")
+    protocol.add_argument("--set", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=VALUE",
+                          help="fixed hyperparameters of the new strategies (default: their defaults)")
+    protocol.add_argument("--grid", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=[V1,V2,...]",
+                          help="the values the suite's [tune] protocol searches for a new strategy (default: the "
+                               "class's `tune_grid`, else nothing to tune)")
+    protocol.add_argument("--no-tune", action="store_true", help="run the new strategies with the --set values only")
+    protocol.add_argument("--baselines", type=_input_path, default=None, metavar="DIR",
+                          help="a folder holding the suite's baseline runs, merged in and reused (default: the "
+                               "committed results/<suite>/ of a source checkout, when there is one)")
+    _add_output(bench)
+    _add_execution(bench, workers=True)
+
+    board = command("leaderboard", "merge output folders into one leaderboard: CSV, or a paper-ready Markdown or LaTeX "
+                                   "table")
+    _input_dirs(board)
     board.add_argument("-o", "--output", type=_output_path, required=True, metavar="FILE",
                        help="the file to write; its extension (.csv, .md, .markdown, .tex) sets the format")
     board.add_argument("--format", default=None, metavar="csv|markdown|latex",
@@ -145,80 +268,47 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--metric", default=None, metavar="M",
                        help="the metric of a markdown or latex table (default: acc)")
     board.add_argument("--phase", default="final", metavar="final|tune",
-                       help="final runs (default; a tuned sweep's rows say how they were selected) or the tuning "
-                            "runs of a sweep's [tune] search, on their validation set")
+                       help="final runs (a tuned sweep's rows say how they were selected) or the tuning runs of a "
+                            "sweep's [tune] search, on their validation set (default: final)")
     board.add_argument("--split", default="test", metavar="test|val",
-                       help="the evaluations the metrics read: test (default) or val, the validation set of runs "
-                            "made with --validation-split")
+                       help="the evaluations the metrics read: test, or val, the validation set of runs made with "
+                            "--validation-split (default: test)")
     board.add_argument("--l2metrics", action="store_true",
                        help="pair each run with its `separate` run (same stream, settings and seed) and add "
                             "l2metrics' lifelong-learning metrics (docs/L2METRICS.md)")
 
-    plot = sub.add_parser("plot", help="(re)draw the plots of an output folder into DIR/plots: per run, and per "
-                                       "benchmark × scenario the average-accuracy curves and the acc bars")
-    plot.add_argument("dir", type=_input_path, metavar="DIR")
-    plot.add_argument("--format", default="png", metavar="png|pdf|svg",
-                      help="file format of the figures (default: png)")
-
-    report = sub.add_parser("report", help="one self-contained HTML page of an output folder: sortable leaderboard, "
-                                           "accuracy matrices and curves, costs")
-    report.add_argument("dir", type=_input_path, metavar="DIR")
-    report.add_argument("-o", "--output", type=_output_path, default=None, metavar="FILE",
-                        help="the HTML file to write (default: DIR/report.html)")
-
-    sweep = sub.add_parser("sweep", help="run the product of a sweep file (TOML) or a paper preset; a rerun skips "
-                                         "finished runs")
-    sweep.add_argument("file", metavar="FILE.toml|preset:NAME", help="a sweep file, or preset:NAME (clbench presets)")
-    sweep.add_argument("--seeds", nargs="+", type=int, default=None, metavar="N", help="replace the file's seeds")
-    sweep.add_argument("--setting", nargs="+", action="append", default=[], metavar="NAME=VALUE",
-                       help="replace a runner setting everywhere in the file (e.g. iterations=100 train_subset=500)")
-    sweep.add_argument("--benchmark-map", nargs="+", action="append", default=[], metavar="FROM=TO",
-                       help="run another benchmark in place of one (e.g. split-mnist=split-fmnist); published "
-                            "numbers are then shown but not judged")
-    sweep.add_argument("--out", type=_output_path, help="output folder (required unless --dry-run)")
-    sweep.add_argument("--executor", default="local", help="local or ray (default: local)")
-    sweep.add_argument("--workers", type=int, default=1, help="parallel runs (local processes or Ray CPUs)")
-    sweep.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
-    sweep.add_argument("--dry-run", action="store_true", help="list the runs and how many are done; run nothing")
-    sweep.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
-    sweep.add_argument("--quiet", action="store_true", help="no progress bar")
-
-    compare = sub.add_parser("compare", help="each configuration minus a reference strategy's, paired by seed: 95% CI, "
-                                             "paired t-test, Holm-corrected p; average ranks over benchmarks")
-    compare.add_argument("dirs", nargs="+", type=_input_path, metavar="DIR")
+    compare = command("compare", "each configuration minus a reference strategy's, paired by seed: 95%% CI, paired "
+                                 "t-test, Holm-corrected p; average ranks over benchmarks")
+    _input_dirs(compare)
     compare.add_argument("--reference", required=True, metavar="STRATEGY[:LABEL]",
                          help="the strategy every configuration is compared with, per benchmark and scenario; "
                               "STRATEGY:LABEL picks one of its configurations (e.g. replay:mem_size=1000)")
-    compare.add_argument("--metric", default="acc", help="a summary metric (default: acc)")
+    compare.add_argument("--metric", default="acc", metavar="M", help="a summary metric (default: acc)")
     compare.add_argument("--split", default="test", metavar="test|val",
-                         help="the evaluations compared: test (default) or val (runs made with --validation-split)")
+                         help="the evaluations compared: test, or val (runs made with --validation-split; default: "
+                              "test)")
     compare.add_argument("-o", "--output", type=_output_path, default=None, metavar="FILE",
                          help="the comparisons as CSV; the average ranks go beside it as <stem>_ranks.csv "
                               "(default: print only)")
 
-    bench = sub.add_parser("bench", help="run new strategies through a suite's streams, tuned with its protocol, and "
-                                         "compare them with its tuned baselines")
-    bench.add_argument("strategies", nargs="*", metavar="STRATEGY",
-                       help="registered names or package.module:Class; none: build the suite's baselines only")
-    bench.add_argument("--suite", required=True, metavar="NAME", help="digits, standard or cifar (clbench/suites)")
-    bench.add_argument("--out", required=True, type=_output_path, help="output folder; finished runs are reused")
-    bench.add_argument("--set", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=VALUE",
-                       help="fixed hyperparameters of the new strategies")
-    bench.add_argument("--grid", nargs="+", action="append", default=[], metavar="[STRATEGY.]NAME=[V1,V2,...]",
-                       help="the values the suite's [tune] protocol searches for a new strategy (default: the "
-                            "class's `tune_grid`, else nothing to tune)")
-    bench.add_argument("--no-tune", action="store_true", help="run the new strategies with the --set values only")
-    bench.add_argument("--baselines", type=_input_path, default=None, metavar="DIR",
-                       help="a folder holding the suite's baseline runs, merged in and reused (default: the "
-                            "committed results/<suite>/ of a source checkout, when there is one)")
-    bench.add_argument("--workers", type=int, default=1, help="runs at a time in worker processes (default: 1)")
-    bench.add_argument("--executor", default="local", help="local (default) or ray")
-    bench.add_argument("--address", default=None, help="a Ray cluster's address (with --executor ray)")
-    bench.add_argument("--no-plots", action="store_true", help="skip writing PNG plots")
-    bench.add_argument("--quiet", action="store_true", help="no progress bars")
+    plot = command("plot", "(re)draw the plots of an output folder into DIR/plots: per run, and per benchmark × "
+                           "scenario the average-accuracy curves and the acc bars")
+    plot.add_argument("dir", type=_input_path, metavar="DIR")
+    plot.add_argument("--format", default="png", metavar="png|pdf|svg",
+                      help="file format of the figures (default: png)")
 
-    presets = sub.add_parser("presets", help="named sweeps that follow a paper's protocol, with its published numbers")
+    report = command("report", "one self-contained HTML page of an output folder: sortable leaderboard, accuracy "
+                               "matrices and curves, costs")
+    report.add_argument("dir", type=_input_path, metavar="DIR")
+    report.add_argument("-o", "--output", type=_output_path, default=None, metavar="FILE",
+                        help="the HTML file to write (default: DIR/report.html)")
+
+    presets = command("presets", "named sweeps that follow a paper's protocol, with its published numbers")
     presets.add_argument("name", nargs="?", default=None, help="show one preset: protocol, provenance, numbers")
+
+    completion = command("completion", "print a shell completion script: clbench completion bash > "
+                                       "~/.local/share/bash-completion/completions/clbench")
+    completion.add_argument("shell", metavar="bash|zsh", help="the shell to complete in")
     return parser
 
 
@@ -235,13 +325,13 @@ def parse_set_items(groups: list[list[str]], strategies: list[type[Strategy]]) -
         target, dot, name = key.rpartition(".")
         if dot:
             if target not in by_name:
-                raise unknown_choice("strategy in --set", target, by_name)
+                raise unknown_choice("strategy", target, by_name, where="in --set")
             params[target][name] = value
             continue
         owners = [s for s, cls in by_name.items() if name in cls.hyperparameters()]
         if not owners:
             valid = sorted({h for cls in strategies for h in cls.hyperparameters()}) or ["(none)"]
-            raise unknown_choice(f"hyperparameter for {', '.join(by_name)}", name, valid)
+            raise unknown_choice("hyperparameter", name, valid, where=f"for {', '.join(by_name)} in --set")
         for owner in owners:
             params[owner][name] = value
     return params
@@ -260,6 +350,11 @@ def _literal(text: str):
 
 
 def cmd_list(args) -> int:
+    from clbench.strategies.registry import strategy_names
+
+    if args.strategy is not None:
+        _describe_strategy(args.strategy)
+        return 0
     print("Benchmarks")
     for info in list_benchmarks():
         print(f"  {info.name:<18} scenarios: {', '.join(info.scenarios):<14} experiences: "
@@ -267,24 +362,69 @@ def cmd_list(args) -> int:
         print(f"  {'':<18} training: {info.training_text()}")
     print("\nStrategies")
     for name in strategy_names():
-        cls = get_strategy(name)
-        print(f"  {name:<18} scenarios: {', '.join(sorted(cls.scenarios))}")
-        for hp in cls.hyperparameters().values():
+        scenarios, hyperparameters, _ = _strategy_description(name)
+        print(f"  {name:<18} scenarios: {', '.join(sorted(scenarios))}")
+        for hp in hyperparameters.values():
             print(f"      {hp.name} = {hp.default!r}  ({hp.type_name})")
+    print("\nclbench list --strategy NAME (or package.module:Class) describes one")
     return 0
+
+
+def _strategy_description(name: str):
+    """(scenarios, hyperparameters, class or None): a built-in's read from its source (no torch), any other
+    strategy's from its class."""
+    from clbench.strategies.catalog import builtin_entry
+    from clbench.strategies.registry import BUILTIN_MODULES
+
+    if name in BUILTIN_MODULES:
+        entry = builtin_entry(name)
+        return entry.scenarios, entry.hyperparameters, None
+    from clbench.runners.sweep import resolve_strategy
+
+    cls = resolve_strategy(name)
+    return cls.scenarios, cls.hyperparameters(), cls
+
+
+def _describe_strategy(name: str) -> None:
+    """One strategy in full: display name, where it comes from, summary, scenarios, hyperparameters, tune grid."""
+    from clbench.strategies.catalog import builtin_entry, first_paragraph
+    from clbench.strategies.registry import BUILTIN_MODULES, strategy_ref
+
+    scenarios, hyperparameters, cls = _strategy_description(name)
+    if cls is None:
+        entry = builtin_entry(name)
+        shown, ref, summary, grid = name, BUILTIN_MODULES[name], entry.summary, None
+    else:
+        shown, ref = cls.name, strategy_ref(cls)
+        summary = first_paragraph(inspect.cleandoc(cls.__dict__.get("__doc__") or ""))  # not a base class's
+        grid = getattr(cls, "tune_grid", None)
+    print(f"{shown}  ({ref})")
+    if summary:
+        print(textwrap.fill(summary, 118, initial_indent="  ", subsequent_indent="  "))
+    print(f"  scenarios: {', '.join(sorted(scenarios))}")
+    print("  hyperparameters (--set NAME=VALUE):" if hyperparameters else "  hyperparameters: none")
+    for hp in hyperparameters.values():
+        print(f"    {hp.name} = {hp.default!r}  ({hp.type_name})")
+    if grid:
+        print(f"  tune_grid (clbench bench searches it): {grid}")
 
 
 def _resolve_run(args):
     """Check every input and build the run configs and streams; raises UsageError before anything is written."""
+    from clbench.benchmarks import make_stream
+    from clbench.benchmarks.generators import check_fraction
     from clbench.results.store import check_writable
     from clbench.runners.config import RunConfig
     from clbench.runners.sweep import check_device, check_finite_params, check_seeds, resolve_strategy
+    from clbench.strategies import TrainConfig
 
     benchmarks = [benchmark_info(name) for name in args.benchmark]
     for scenario in args.scenario:
         if scenario not in SCENARIOS:
             raise unknown_choice("scenario", scenario, SCENARIOS)
-    classes = list({cls.name: cls for cls in map(resolve_strategy, args.strategy)}.values())
+    resolved = [resolve_strategy(name) for name in args.strategy]
+    check_distinct_names(resolved)
+    classes = list({cls.name: cls for cls in resolved}.values())
     raw_params = parse_set_items(args.set, classes)
     params = {cls.name: cls.from_params(raw_params[cls.name]).get_params() for cls in classes}
     for cls in classes:
@@ -300,9 +440,7 @@ def _resolve_run(args):
                                drop_last=args.drop_last)
         for info in benchmarks
     }
-    for scenario in args.scenario:
-        for checker in (*benchmarks, *classes):
-            checker.check_scenario(scenario)
+    combos, skipped = _supported_combinations(benchmarks, args.scenario, classes, strict=args.strict)
     for cls in classes:
         for train in trains.values():
             cls.check_train(train)
@@ -316,15 +454,16 @@ def _resolve_run(args):
         check_fraction(args.validation_split, "--validation-split")
     check_writable(args.out)
 
+    if skipped:  # printed once every input has passed: a refused command says only what is wrong
+        print(f"skipping unsupported pairs (--strict refuses them): {'; '.join(skipped)}", file=sys.stderr)
     streams = {}
-    for bench in args.benchmark:
-        for scenario in args.scenario:
-            streams[bench, scenario] = make_stream(
-                bench, scenario, stream_seed=args.stream_seed, n_experiences=args.n_experiences,
-                data_root=args.data_root, download=args.download,
-                train_subset=args.train_subset, test_subset=args.test_subset, backbone=args.backbone,
-                class_order=args.class_order, validation_split=args.validation_split,
-            )
+    for bench, scenario in dict.fromkeys((bench, scenario) for bench, scenario, _ in combos):
+        streams[bench, scenario] = make_stream(
+            bench, scenario, stream_seed=args.stream_seed, n_experiences=args.n_experiences,
+            data_root=args.data_root, download=args.download,
+            train_subset=args.train_subset, test_subset=args.test_subset, backbone=args.backbone,
+            class_order=args.class_order, validation_split=args.validation_split,
+        )
     configs = [
         RunConfig(benchmark=bench, scenario=scenario, strategy=cls.name, strategy_ref=strategy_ref(cls),
                   params=params[cls.name], seed=seed,
@@ -332,15 +471,45 @@ def _resolve_run(args):
                   test_subset=args.test_subset, train=trains[bench], eval_every=args.eval_every,
                   backbone=args.backbone, class_order=args.class_order, eval_period=args.eval_period,
                   eval_subset=args.eval_subset, validation_split=args.validation_split)
-        for bench in args.benchmark for scenario in args.scenario for cls in classes for seed in args.seeds
+        for bench, scenario, cls in combos for seed in args.seeds
     ]
     return configs, streams
+
+
+def _supported_combinations(benchmarks, scenarios, classes, *, strict: bool):
+    """The (benchmark, scenario, strategy class) triples to run and a line per unsupported pair left out. With
+    `strict`, or when nothing is left, an unsupported pair is refused with its own message (UsageError)."""
+    refusals = []
+    bench_ok = []
+    for info in benchmarks:
+        for scenario in scenarios:
+            try:
+                info.check_scenario(scenario)
+                bench_ok.append((info.name, scenario))
+            except UsageError as err:
+                refusals.append((f"{info.name} × {scenario}", err))
+    strategy_ok = {}
+    for cls in classes:
+        for scenario in scenarios:
+            try:
+                cls.check_scenario(scenario)
+                strategy_ok[cls.name, scenario] = True
+            except UsageError as err:
+                refusals.append((f"{cls.name} × {scenario}", err))
+    combos = [(bench, scenario, cls) for bench, scenario in bench_ok for cls in classes
+              if strategy_ok.get((cls.name, scenario))]
+    if refusals and (strict or not combos):
+        raise refusals[0][1] if strict or len(refusals) == 1 else UsageError(
+            "no benchmark × scenario × strategy combination is supported: "
+            + "; ".join(str(err) for _, err in refusals))
+    return combos, [pair for pair, _ in refusals]
 
 
 def format_leaderboard(board: pd.DataFrame) -> str:
     """The leaderboard as a readable table: mean ± SEM of the headline metrics, the label, and for a configuration
     with failed runs its "2/3 ok" status; under it each configuration's first failure and a footnote per metric that
     is n/a in a scenario shown (tables.NOT_APPLICABLE)."""
+    from clbench.metrics import tables
     if board.empty:
         return "(no finished runs)"
     # format_mean_sem leaves out the metrics the board lacks: acc_taw (class-IL), min_acc and wc_acc (curves)
@@ -371,14 +540,22 @@ def format_leaderboard(board: pd.DataFrame) -> str:
 
 
 def versions() -> dict:
+    import numpy as np
+    import pandas as pd
+    import torch
     return {"clbench": clbench.__version__, "torch": torch.__version__, "numpy": np.__version__,
             "pandas": pd.__version__, "python": platform.python_version()}
 
 
 def cmd_run(args) -> int:
+    import torch
+
     from clbench.results.store import ResultStore
     from clbench.runners import loop
+    from clbench.runners.progress import RunProgress, announce
+    from clbench.runners.trackers import Trackers, check_trackers
 
+    check_trackers(args.trackers)
     configs, streams = _resolve_run(args)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -386,43 +563,51 @@ def cmd_run(args) -> int:
     done = store.finished_run_ids()
     todo = [c for c in configs if c.run_id not in done]
     if len(todo) < len(configs):
-        print(f"{len(configs) - len(todo)} of {len(configs)} runs already finished in {args.out}; skipping them")
+        announce(f"{len(configs) - len(todo)} of {len(configs)} runs already finished in {args.out}; skipping them")
     failed = 0
-    bar = tqdm(todo, desc="runs", unit="run", disable=args.quiet)
-    for config in bar:
-        bar.set_postfix_str(f"{config.benchmark}/{config.scenario}/{config.strategy}/seed {config.seed}")
-        result = loop.run(config, streams[config.benchmark, config.scenario], device=args.device,
-                          progress=not args.quiet)
-        failed += not _record(store, result, args.device)
+    with Trackers(args.trackers, args.out) as trackers, \
+            RunProgress(len(todo), quiet=args.quiet) as progress:  # bars in a terminal, else one line per finished run
+        for config in todo:
+            progress.started(config)
+            result = loop.run(config, streams[config.benchmark, config.scenario], device=args.device,
+                              progress=not args.quiet)
+            failed += not _record(store, result, args.device, trackers)
+            progress.finished(result)
     return _finish(store, args, failed)
 
 
-def _record(store, result, device: str) -> bool:
-    """Append a finished run to the store; report a failure. True when the run succeeded."""
+def _record(store, result, device: str, trackers=None) -> bool:
+    """Append a finished run to the store; warn about a run that learned nothing (a failure is told by the run's
+    progress line, progress.RunProgress). True when the run succeeded."""
+    from clbench.runners.loop import learned_nothing
+    from clbench.runners.progress import warn
     from clbench.runners.record import journal_entry
 
-    store.append_entry(journal_entry(result, versions=versions(), device=device))
-    from clbench.runners.loop import learned_nothing
-
+    store.append_entry(entry := journal_entry(result, versions=versions(), device=device))
+    if trackers:  # --tracker / the sweep setting trackers: the driver logs what it recorded
+        trackers.log(result, entry)
     warning = learned_nothing(result)
     if warning:
-        tqdm.write(warning, file=sys.stderr)
-    if result.status != "ok":
-        cfg = result.config
-        tqdm.write(f"run {cfg.run_id} ({cfg.strategy}, seed {cfg.seed}) failed: {result.error}")
+        warn(warning)
     return result.status == "ok"
 
 
 def _finish(store, args, failed: int) -> int:
     """Derive the tables (and plots), print the leaderboard; the exit code says whether any run failed."""
+    from clbench.runners.progress import log_file_only, phase
+
+    phase(f"writing tables in {args.out}")
     summary, board = store.write_derived()
     if not args.no_plots:
-        _plot(store, summary, board)
+        phase(f"writing the plots of {len(summary)} run(s) into {args.out / 'plots'}")
+        phase(f"wrote {len(_plot(store, summary, board))} plots")
     print(format_leaderboard(board))
     print(f"\ntables in {args.out}/: runs.csv evals.csv costs.csv summary.csv leaderboard.csv"
           + ("" if args.no_plots else " plots/"))
+    log_file_only(f"done: tables in {args.out}/")
     if failed:
         print(f"{failed} run(s) failed; see the error column of runs.csv", file=sys.stderr)
+        log_file_only(f"{failed} run(s) failed; see the error column of runs.csv")
         return EXIT_RUN_FAILED
     return 0
 
@@ -445,6 +630,7 @@ def _existing_store(path: Path):
 def _phase_summary(stores, split: str, phase: str, dirs) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The merged summary on `split` and the merged runs (failed ones too) of the runs of one phase: final runs, or a
     tuned sweep's search; UsageError for an unknown split or a validation summary with no run."""
+    from clbench.metrics import tables
     from clbench.results.store import merge_runs, merge_summaries
 
     if split not in tables.SPLITS:
@@ -461,6 +647,9 @@ def _phase_summary(stores, split: str, phase: str, dirs) -> tuple[pd.DataFrame, 
 
 
 def cmd_leaderboard(args) -> int:
+    import pandas as pd
+
+    from clbench.metrics import tables
     from clbench.results.store import write_csv
 
     stores = [_existing_store(d) for d in args.dirs]
@@ -608,7 +797,7 @@ def _sweep_spec(args):
     overrides = {}
     for key, text in _pairs(args.setting, "--setting").items():
         if key not in SETTINGS:
-            raise unknown_choice("setting in --setting", key, SETTINGS)
+            raise unknown_choice("setting", key, SETTINGS, where="in --setting")
         overrides[key] = _setting_value(SETTINGS[key], text)
     if overrides:  # they win over the file's settings and over every strategy's own
         spec["settings"] = {**spec.get("settings", {}), **overrides}
@@ -653,9 +842,11 @@ def cmd_sweep(args) -> int:
         check_importable_by_ray,
         sweep_from_dict,
     )
+    from clbench.runners.trackers import Trackers, check_trackers
 
     spec, preset, benchmark_map = _sweep_spec(args)
     sweep = sweep_from_dict(spec, preset.name if preset else str(args.file))
+    tracker_names = check_trackers([*sweep.trackers, *args.trackers])  # the sweep's setting, then --tracker
     if args.executor not in EXECUTORS:
         raise unknown_choice("executor", args.executor, EXECUTORS)
     if args.workers < 1:
@@ -693,21 +884,24 @@ def cmd_sweep(args) -> int:
     store = ResultStore(args.out)
     if preset:
         store.add_published(preset.published_table(benchmark_map))
-    failed = _execute_sweep(sweep, store, args, todo)
+    with Trackers(tracker_names, args.out) as trackers:
+        failed = _execute_sweep(sweep, store, args, todo, trackers)
     return _finish(store, args, failed)
 
 
-def _execute_sweep(sweep, store, args, todo) -> int:
+def _execute_sweep(sweep, store, args, todo, trackers=None) -> int:
     """Run a sweep's `todo` runs into `store` and, for a tuned sweep, select each method's configuration from the
     tuning runs' validation summary and run the final ones; returns how many runs (or selections) failed."""
+    from clbench.runners.progress import announce, warn
     from clbench.runners.sweep import build_streams, execute, select
 
     if len(todo) < len(sweep.configs):
-        print(f"{len(sweep.configs) - len(todo)} of {len(sweep.configs)} runs already finished in {args.out}; "
-              "skipping them")
+        announce(f"{len(sweep.configs) - len(todo)} of {len(sweep.configs)} runs already finished in {args.out}; "
+                 "skipping them")
 
     def run_all(configs):
-        return execute(sweep, configs, lambda result: _record(store, result, sweep.device), executor=args.executor,
+        return execute(sweep, configs, lambda result: _record(store, result, sweep.device, trackers),
+                       executor=args.executor,
                        workers=args.workers, address=args.address, quiet=args.quiet,
                        checkpoint_dir=args.out / "checkpoints")
 
@@ -715,11 +909,11 @@ def _execute_sweep(sweep, store, args, todo) -> int:
     if sweep.tune:  # the tuning runs are in the journal: select, then run the final configurations
         selection, problems = select(sweep, store.summary(split="val"))
         for line in problems:
-            print(f"[tune] {line}", file=sys.stderr)
+            warn(f"[tune] {line}")
         finals = sweep.final_configs(selection)
         final_todo = [c for c in finals if c.run_id not in store.finished_run_ids()]
-        print(f"[tune] selected {len(selection)} configuration(s) ({sweep.tune.criterion}); "
-              f"{len(finals)} final runs, {len(finals) - len(final_todo)} already finished")
+        announce(f"[tune] selected {len(selection)} configuration(s) ({sweep.tune.criterion}); "
+                 f"{len(finals)} final runs, {len(finals) - len(final_todo)} already finished")
         if not (args.executor == "ray" and args.address):
             build_streams(sweep, final_todo, keep=args.executor == "local" and args.workers == 1)
         failed += run_all(final_todo) + len(problems)
@@ -741,7 +935,8 @@ def _parse_grid(items: list[list[str]], classes) -> dict[str, dict]:
         chosen = [cls for cls in classes if (not target or cls.name == target) and key in cls.hyperparameters()]
         if not chosen:
             known = sorted({h for cls in classes for h in cls.hyperparameters()})
-            raise unknown_choice(f"--grid hyperparameter of {', '.join(c.name for c in classes)}", key, known)
+            raise unknown_choice("hyperparameter", key, known,
+                                 where=f"for {', '.join(c.name for c in classes)} in --grid")
         for cls in chosen:
             out[cls.name][key] = values
     return out
@@ -754,17 +949,22 @@ def _default_baselines(suite: str) -> Path | None:
 
 
 def cmd_bench(args) -> int:
+    import pandas as pd
+
     from clbench.results import exports
     from clbench.results.compare import compare, holm
     from clbench.results.report import write_report
     from clbench.results.store import ResultStore, check_writable, write_atomic, write_csv
     from clbench.runners.sweep import build_streams, check_device, resolve_strategy, sweep_from_dict
+    from clbench.runners.trackers import Trackers, check_trackers
     from clbench.suites import load_suite
 
     suite = load_suite(args.suite)
     if args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    classes = list({cls.name: cls for cls in map(resolve_strategy, args.strategies)}.values())
+    resolved = [resolve_strategy(name) for name in args.strategies]
+    check_distinct_names(resolved)
+    classes = list({cls.name: cls for cls in resolved}.values())
     clash = [cls.name for cls in classes if cls.name in suite.baselines]
     if clash:
         raise UsageError(f"{', '.join(clash)} is a baseline of suite {suite.name!r}; bench a strategy of your own "
@@ -780,6 +980,7 @@ def cmd_bench(args) -> int:
     if classes and not own_sweeps:
         raise UsageError(f"{', '.join(args.strategies)} supports none of suite {suite.name!r}'s scenarios")
     baselines = args.baselines or _default_baselines(suite.name)
+    tracker_names = check_trackers([*(t for s in (*baseline_sweeps, *own_sweeps) for t in s.trackers), *args.trackers])
     check_writable(args.out)
     for sweep in (*baseline_sweeps, *own_sweeps):
         check_device(sweep.device)
@@ -791,9 +992,13 @@ def cmd_bench(args) -> int:
         print(f"{added} baseline run(s) reused from {baselines}")
     started = time.perf_counter()
     failed = 0
-    for sweep in (*baseline_sweeps, *own_sweeps):
-        done = store.finished_run_ids()
-        failed += _execute_sweep(sweep, store, args, [c for c in sweep.configs if c.run_id not in done])
+    with Trackers(tracker_names, args.out) as trackers:
+        for sweep in (*baseline_sweeps, *own_sweeps):
+            done = store.finished_run_ids()
+            failed += _execute_sweep(sweep, store, args, [c for c in sweep.configs if c.run_id not in done], trackers)
+    from clbench.runners.progress import log_file_only, phase
+
+    phase(f"writing tables in {args.out}")
     summary, board = store.write_derived()
     names = [cls.name for cls in classes]
     rows = []
@@ -804,6 +1009,7 @@ def cmd_bench(args) -> int:
         table = compare(summary, baseline, runs=runs).table
         rows.append(table[table["strategy"].isin(names)])
     comparison = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    phase("writing compare.csv, leaderboard.md and leaderboard.tex")
     if not comparison.empty:  # one family: the new strategies against every baseline
         comparison["p_holm"] = holm(comparison["p_value"].to_numpy())
         comparison["significant"] = comparison["p_holm"] < 0.05
@@ -812,7 +1018,9 @@ def cmd_bench(args) -> int:
         text = render(board, metric="acc")
         write_atomic(args.out / f"leaderboard.{fmt}", lambda tmp, text=text: Path(tmp).write_text(text))
     if not args.no_plots:
-        _plot(store, summary, board)
+        phase(f"writing the plots of {len(summary)} run(s) into {args.out / 'plots'}")
+        phase(f"wrote {len(_plot(store, summary, board))} plots")
+    phase(f"writing the report {args.out / 'report.html'}")
     write_report(store, args.out / "report.html")
     print(format_leaderboard(board))
     print(f"\nbench {', '.join(names) or 'the baselines'} on suite {suite.name}: "
@@ -825,26 +1033,26 @@ def cmd_bench(args) -> int:
             for (bench_name, scenario, strategy), g in part.groupby(["benchmark", "scenario", "strategy"]):
                 print(f"  {strategy} on {bench_name}/{scenario}: {label} {', '.join(sorted(g['reference']))} "
                       "(paired t-test, Holm over compare.csv)")
+    log_file_only(f"done: tables in {args.out}/")
     if failed:
         print(f"{failed} run(s) failed; see the error column of runs.csv", file=sys.stderr)
+        log_file_only(f"{failed} run(s) failed; see the error column of runs.csv")
         return EXIT_RUN_FAILED
     return 0
 
 
 def cmd_presets(args) -> int:
     from clbench.presets import get_preset, list_presets
-    from clbench.runners.sweep import sweep_from_dict
 
     if args.name is None:
         for preset in list_presets():
-            n_runs = len(sweep_from_dict(preset.sweep, preset.name).configs)
-            print(f"{preset.name:<30} {n_runs:>4} runs  {len(preset.published):>3} published numbers  {preset.title}")
+            print(f"{preset.name:<30} {preset.n_runs:>4} runs  {len(preset.published):>3} published numbers  "
+                  f"{preset.title}")
         print("\nclbench presets NAME shows one; clbench sweep preset:NAME --out DIR runs it")
         return 0
     preset = get_preset(args.name)
-    sweep = sweep_from_dict(preset.sweep, preset.name)
     print(f"{preset.name}: {preset.title}\n{preset.citation}\n\n{textwrap.fill(preset.provenance, 118)}\n")
-    print(f"{len(sweep.configs)} runs: benchmarks {', '.join(preset.sweep['benchmarks'])}; scenarios "
+    print(f"{preset.n_runs} runs: benchmarks {', '.join(preset.sweep['benchmarks'])}; scenarios "
           f"{', '.join(preset.sweep['scenarios'])}; seeds {preset.sweep['seeds']}; settings {preset.sweep['settings']}")
     for entry in preset.sweep["strategies"]:
         extras = {k: entry[k] for k in ("scenarios", "settings") if k in entry}
@@ -859,30 +1067,72 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_completion(args) -> int:
+    """A bash or zsh completion script (shtab) with the names clbench knows: benchmarks, scenarios, strategies."""
+    import shtab
+
+    from clbench.strategies.registry import strategy_names
+    from clbench.suites import suite_names
+
+    shells = ("bash", "zsh")
+    if args.shell not in shells:
+        raise unknown_choice("shell", args.shell, shells)
+    words = {"benchmark": [b.name for b in list_benchmarks()], "scenario": list(SCENARIOS),
+             "strategy": strategy_names(), "suite": suite_names()}
+    # bash calls a function with the word being completed; zsh takes the list itself
+    preamble = {"bash": "\n".join(f'_clbench_{kind}() {{ compgen -W "{" ".join(names)}" -- "$1"; }}'
+                                  for kind, names in words.items())}
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command_parser in subparsers.choices.values():
+        for action in command_parser._actions:
+            kind = {"benchmark": "benchmark", "scenario": "scenario", "strategy": "strategy",
+                    "strategies": "strategy", "suite": "suite"}.get(action.dest)
+            if kind:
+                action.complete = {"bash": f"_clbench_{kind}", "zsh": f"({' '.join(words[kind])})"}
+            elif action.dest in ("out", "output", "log", "file"):
+                action.complete = shtab.FILE
+            elif action.dest in ("dirs", "dir", "data_root", "baselines"):
+                action.complete = shtab.DIRECTORY
+    print(shtab.complete(parser, shell=args.shell, preamble=preamble))
+    return 0
+
+
 COMMANDS = {
     "list": cmd_list, "run": cmd_run, "leaderboard": cmd_leaderboard, "plot": cmd_plot, "report": cmd_report,
     "sweep": cmd_sweep, "presets": cmd_presets, "compare": cmd_compare, "bench": cmd_bench,
+    "completion": cmd_completion,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     from clbench.errors import DiskFullError
+    from clbench.runners import progress
 
+    def fail(message: str, code: int, *, if_open: bool = False) -> int:
+        print(message, file=sys.stderr)
+        progress.log_file_only(message, if_open=if_open)  # a bad input before any work writes no --log file
+        return code
+
+    session = None
     try:
         args = build_parser().parse_args(argv)
+        # this command's logging (console, --log FILE), removed again below: repeated main() calls never stack it
+        session = progress.session(quiet=getattr(args, "quiet", False), log_file=getattr(args, "log", None),
+                                   out=getattr(args, "out", None))
         return COMMANDS[args.command](args)
     except UsageError as err:
-        print(f"clbench: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(f"clbench: error: {err}", EXIT_USAGE, if_open=True)
     except DiskFullError as err:  # raised by the writers, which leave the journal as it was: one line, no traceback
-        print(f"clbench: error: {err}", file=sys.stderr)
-        return EXIT_DISK_FULL
+        return fail(f"clbench: error: {err}", EXIT_DISK_FULL)
     except KeyboardInterrupt:
-        print("clbench: interrupted", file=sys.stderr)
-        return 130
+        return fail("clbench: interrupted", 130)
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit; give it somewhere to go
         return 0
+    finally:
+        if session is not None:
+            session.close()
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from clbench.strategies.base import TrainConfig
 # Hyperparameters added after runs were recorded: left out of the canonical config while at these defaults, so the
 # ids of earlier runs (which ran with exactly these values) stay valid and a rerun skips them.
 LATER_DEFAULTS = {
-    "ewc": {"fisher_labels": "true", "gamma_in_penalty": False},
+    "ewc": {"fisher_labels": "true", "gamma_in_penalty": False, "fisher_weighting": "none"},
+    "gem": {"memory": "per_experience", "mem_size": None},
     "joint": {"mode": "incremental"},
-    "lwf": {"weighting": "equal", "units": "old"},
-    "replay": {"loss_weighting": "concat", "per_class": None},
+    "lwf": {"weighting": "equal", "units": "old", "warmup_epochs": 0, "ce_units": "all"},
+    "replay": {"loss_weighting": "concat", "per_class": None, "update": "experience"},
 }
 # Runner settings added later, likewise left out at these defaults (TrainConfig fields); the tables read the same
 # defaults into an older folder's settings columns.
@@ -62,7 +63,9 @@ class RunConfig:
         if self.strategy_ref is None:
             from clbench.strategies.registry import get_strategy, strategy_ref
 
-            object.__setattr__(self, "strategy_ref", strategy_ref(get_strategy(self.strategy)))
+            cls = get_strategy(self.strategy)
+            object.__setattr__(self, "strategy_ref", strategy_ref(cls))
+            object.__setattr__(self, "strategy", cls.name)  # a module path given: the class's display name
 
     def strategy_class(self):
         """The strategy's class, imported from `strategy_ref` (a run the user asked for, never a folder's text)."""
@@ -74,7 +77,11 @@ class RunConfig:
         out = dataclasses.asdict(self)
         # The class reference is identity only where it is not what the display name already says (a user's class
         # that calls itself "ewc" must not share the built-in's run ids); run ids from before the field stay valid.
-        if not _ref_shadows_builtin(self.strategy, self.strategy_ref):
+        if _named_after_its_class(self.strategy, self.strategy_ref):
+            # a class name identifies nothing alone (two modules may each have an L2Anchor); the module path does,
+            # and was the display name of such classes before they showed by class name, so their run ids stay
+            out["strategy"] = out.pop("strategy_ref")
+        elif not _ref_shadows_builtin(self.strategy, self.strategy_ref):
             out.pop("strategy_ref")
         for name, default in LATER_DEFAULTS.get(self.strategy, {}).items():
             if name in out["params"] and out["params"][name] == default:
@@ -125,6 +132,12 @@ def _ref_shadows_builtin(name: str, ref: str) -> bool:
     from clbench.strategies.registry import BUILTIN_MODULES
 
     return name in BUILTIN_MODULES and ref.partition(":")[0] != BUILTIN_MODULES[name]
+
+
+def _named_after_its_class(name: str, ref: str) -> bool:
+    """True for a class loaded by module path that shows under its class name (registry.display_name)."""
+    module, sep, qualname = ref.partition(":")
+    return bool(sep) and module != "avalanche" and qualname.rpartition(".")[2] == name
 
 
 def _digest(obj) -> str:

@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from clbench.benchmarks import Batch, Experience, Stream, TensorData, batch_slices, batches_per_pass, build_backbone
 from clbench.benchmarks.generators import balanced_subsample
 from clbench.runners.checkpoint import SavedRun, load_checkpoint, save_checkpoint, warn_ignored
 from clbench.runners.config import RunConfig
 from clbench.runners.memory import peak_rss_mb, reset_peak_rss
+from clbench.runners.progress import ExperienceBar
 from clbench.strategies import Strategy
 from clbench.strategies.base import NotCheckpointable, TrainConfig
 
@@ -335,11 +335,10 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
         record(-1, 0.0, math.nan)
     run_started = time.perf_counter()
     remaining = list(stream)[first:]
-    bar = tqdm(remaining, desc=f"{config.strategy} seed {config.seed}", leave=False, disable=not progress,
-               unit="exp")
-    for exp in bar:
+    bar = ExperienceBar(len(remaining), f"{config.strategy} seed {config.seed}", enabled=progress)  # terminal only
+    for exp in remaining:
         t0 = time.perf_counter()
-        strategy.before_experience(exp)
+        strategy.begin_experience(exp)
         # The strategy's budget for this experience: the run's settings, others (offline joint trains once, at the
         # last experience, for all of them), or None: not trained here, so there is no model to evaluate either.
         budget = strategy.experience_train(exp)
@@ -354,9 +353,9 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
                 if not math.isfinite(loss):
                     raise DivergedError(f"loss became {loss} in experience {exp.index}")
                 losses.append(loss)
-        strategy.after_experience(exp)
+        strategy.end_experience(exp)
         mean_loss = float(np.mean(losses)) if losses else math.nan
-        bar.set_postfix(loss=f"{mean_loss:.3f}")
+        bar.advance(mean_loss)
         curve_s = periodic.seconds - curve_before if periodic else 0.0
         record(exp.index, time.perf_counter() - t0, mean_loss, evaluate_now=budget is not None, curve_s=curve_s,
                steps=len(losses))
@@ -370,6 +369,7 @@ def _run(config: RunConfig, stream: Stream, device: torch.device, result: RunRes
                 logger.warning("run %s saves no checkpoint: %s", config.run_id, err)
                 Path(checkpoint).unlink(missing_ok=True)
                 checkpoint = None
+    bar.close()
 
 
 def _fresh_strategy(config: RunConfig, stream: Stream, device: torch.device) -> Strategy:
@@ -379,7 +379,7 @@ def _fresh_strategy(config: RunConfig, stream: Stream, device: torch.device) -> 
     strategy = config.strategy_class().from_params(config.params)  # setup() rejects an unsupported scenario
     torch.manual_seed(init_seed)
     model = build_backbone(stream.spec, normalize=config.train.normalize).to(device)
-    strategy.setup(stream.spec, model, train=config.train, seed=strategy_seed, device=device)
+    strategy.begin_run(stream.spec, model, train=config.train, seed=strategy_seed, device=device)
     return strategy
 
 

@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from clbench import _toml
 from clbench.benchmarks import SCENARIOS, benchmark_info, make_stream
@@ -50,8 +49,10 @@ from clbench.benchmarks.registry import check_backbone, check_class_order
 from clbench.errors import UsageError, unknown_choice
 from clbench.metrics.tables import LOWER_IS_BETTER
 from clbench.runners.config import RunConfig
+from clbench.runners.progress import RunProgress
+from clbench.runners.trackers import check_names
 from clbench.strategies import TrainConfig, get_strategy, strategy_names
-from clbench.strategies.registry import import_root, strategy_ref
+from clbench.strategies.registry import check_distinct_names, import_root, strategy_ref
 
 TOP_KEYS = {"seeds", "benchmarks", "scenarios", "settings", "strategies", "name", "description", "tune"}
 TUNE_KEYS = {"metric", "split", "experiences", "seeds", "trials", "validation_split"}
@@ -66,6 +67,7 @@ SETTINGS = {
     "eval_period": int, "eval_subset": int, "validation_split": float, "backbone": str, "class_order": str,
     "threads": int, "device": str,
     "data_root": str, "checkpoint": bool,
+    "trackers": list,  # experiment trackers the driver logs every run to (clbench.runners.trackers); --tracker adds
 }  # fmt: skip
 STREAM_FIELDS = ("benchmark", "scenario", "stream_seed", "n_experiences", "train_subset", "test_subset", "backbone",
                  "class_order", "validation_split", "first_experiences")  # RunConfig fields that make_stream takes
@@ -116,6 +118,7 @@ class Sweep:
     device: str = "cpu"
     data_root: str | None = None
     checkpoint: bool = False  # save each run's state after every experience (long runs) and resume from it
+    trackers: tuple[str, ...] = ()  # tensorboard, wandb, mlflow: where the driver also logs each run
     tune: Tune | None = None
     methods: list[Method] | None = None
     seeds: list[int] | None = None
@@ -199,7 +202,7 @@ def _settings(table, valid: dict, where: str) -> dict:
         raise UsageError(f"{where}: settings must be a table, got {table!r}")
     for key, value in table.items():
         if key not in valid:
-            raise unknown_choice(f"setting in {where}", key, valid)
+            raise unknown_choice("setting", key, valid, where=f"in {where}")
         kind = valid[key]
         exact = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         widened = kind is float and isinstance(value, int) and not isinstance(value, bool)
@@ -232,10 +235,18 @@ def check_seeds(seeds, what: str) -> None:
 
 
 def check_device(device, *, here: bool = True) -> None:
-    """A device name clbench runs on (cpu, cuda, cuda:N); with here=True, one this machine has."""
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise unknown_choice("device", device, ["cpu", "cuda", "cuda:N"])
+    """A device name clbench runs on (cpu, cuda, cuda:N, mps); with here=True, one this machine has."""
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+        raise unknown_choice("device", device, ["cpu", "cuda", "cuda:N", "mps"])
     if not here or device == "cpu":
+        return
+    if device == "mps":  # Apple-silicon GPUs: torch builds for macOS only
+        if not torch.backends.mps.is_available():
+            built = torch.backends.mps.is_built()
+            raise UsageError("device 'mps' requested but " + (
+                "this machine has no usable MPS device (it needs Apple silicon and macOS 12.3 or later)" if built
+                else "this torch build has no MPS support (only torch for macOS has it)") + "; valid choices here: "
+                + ", ".join(["cpu", *(["cuda"] if torch.cuda.is_available() else [])]))
         return
     if not torch.cuda.is_available():
         raise UsageError(f"device {device!r} requested but CUDA is not available; valid choices here: cpu")
@@ -269,7 +280,7 @@ def check_finite_params(strategy: str, params: dict) -> None:
 def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     unknown = set(spec) - TOP_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid choices: {', '.join(sorted(TOP_KEYS))}")
+        raise UsageError(f"{where}: {unknown_choice('key', sorted(unknown)[0], TOP_KEYS)}")
     seeds = _list(spec, "seeds", int, where)
     check_seeds(seeds, f"{where}: seeds")
     benchmarks = [benchmark_info(b) for b in _list(spec, "benchmarks", str, where)]
@@ -303,8 +314,8 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
             raise UsageError(f"{where}: every [[strategies]] entry must be a table with a name, got {entry!r}")
         unknown = set(entry) - STRATEGY_KEYS
         if unknown:
-            raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} in [[strategies]]; valid choices: "
-                             f"{', '.join(sorted(STRATEGY_KEYS))}")
+            error = unknown_choice("key", sorted(unknown)[0], STRATEGY_KEYS, where="in [[strategies]]")
+            raise UsageError(f"{where}: {error}")
         if "name" not in entry:
             raise UsageError(f"{where}: a [[strategies]] table has no name")
         cls = resolve_strategy(entry["name"])
@@ -328,6 +339,7 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
             params = cls.from_params({**fixed, **dict(zip(grid, combo, strict=True))}).get_params()
             check_finite_params(cls.name, params)
             variants.append((cls, params, own_scenarios, trains, index))
+    check_distinct_names([cls for cls, *_ in variants])
     for scenario in scenarios:
         for bench in benchmarks:
             bench.check_scenario(scenario)
@@ -350,7 +362,8 @@ def sweep_from_dict(spec: dict, where: str = "sweep") -> Sweep:
     ]
     unique = list({c.run_id: c for c in configs}.values())  # the same run listed twice runs once
     sweep = Sweep(unique, threads=settings.get("threads", 1), device=device, data_root=settings.get("data_root"),
-                  checkpoint=settings.get("checkpoint", False))
+                  checkpoint=settings.get("checkpoint", False),
+                  trackers=tuple(check_names(settings.get("trackers", []), f"{where}: setting trackers")))
     if "tune" in spec:
         _tuned(sweep, _tune(spec["tune"], where), variants, benchmarks, seeds, run_options, where)
     return sweep
@@ -362,8 +375,7 @@ def _tune(table, where: str) -> Tune:
                          f"{table!r}")
     unknown = set(table) - TUNE_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r} in [tune]; valid choices: "
-                         f"{', '.join(sorted(TUNE_KEYS))}")
+        raise UsageError(f"{where}: {unknown_choice('key', sorted(unknown)[0], TUNE_KEYS, where='in [tune]')}")
     metric = table.get("metric", "acc")
     if metric not in TUNE_METRICS:
         raise unknown_choice("[tune] metric", metric, TUNE_METRICS)
@@ -481,30 +493,6 @@ def run_one(config: RunConfig, stream_key: tuple, threads: int, device: str, dat
     return run(config, _stream(stream_key, data_root), device=device, progress=False, checkpoint=checkpoint)
 
 
-class _Progress:
-    """One bar for the sweep: done / running / failed counts; tqdm's rate gives the ETA."""
-
-    def __init__(self, total: int, quiet: bool):
-        self.bar = tqdm(total=total, desc="sweep", unit="run", disable=quiet)
-        self.running = self.failed = 0
-
-    def started(self, n: int = 1):
-        self.running += n
-        self._show()
-
-    def finished(self, ok: bool):
-        self.running -= 1
-        self.failed += not ok
-        self.bar.update(1)
-        self._show()
-
-    def _show(self):
-        self.bar.set_postfix(done=self.bar.n, running=self.running, failed=self.failed)
-
-    def close(self):
-        self.bar.close()
-
-
 def execute(sweep: Sweep, todo: list[RunConfig], record, *, executor: str = "local", workers: int = 1,
             address: str | None = None, quiet: bool = False, checkpoint_dir: Path | None = None) -> int:
     """Run `todo`, calling record(result) in this (the driver's) process as each run finishes; returns the number
@@ -513,7 +501,7 @@ def execute(sweep: Sweep, todo: list[RunConfig], record, *, executor: str = "loc
         raise unknown_choice("executor", executor, EXECUTORS)
     if workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
-    progress = _Progress(len(todo), quiet)
+    progress = RunProgress(len(todo), quiet=quiet, desc="sweep")  # a bar in a terminal, else one line per run
     checkpoints = str(checkpoint_dir) if sweep.checkpoint and checkpoint_dir is not None else None
     if executor == "ray":
         check_importable_by_ray(todo)
@@ -525,14 +513,14 @@ def execute(sweep: Sweep, todo: list[RunConfig], record, *, executor: str = "loc
         nonlocal failed
         record(result)
         failed += result.status != "ok"
-        progress.finished(result.status == "ok")
+        progress.finished(result)
 
     try:
         if executor == "ray":
             _execute_ray(args, done, progress, workers, address, sweep.device)
         elif workers == 1:
             for a in args:
-                progress.started()
+                progress.started(a[0])
                 done(run_one(*a))
         else:
             _execute_pool(args, done, progress, workers)
@@ -579,7 +567,7 @@ def _execute_ray(args, done, progress, workers, address, device):
         resources = {"num_gpus": 1} if device.startswith("cuda") else {"num_cpus": 1}
         remote = ray.remote(**resources)(run_one)
         pending = [remote.remote(*a) for a in args]
-        progress.started(len(pending))
+        progress.started(n=len(pending))
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
             for ref in ready:

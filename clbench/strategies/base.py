@@ -1,9 +1,9 @@
 """The runner-facing strategy interface and the SGD template most methods build on.
 
-The runner only ever calls, in order:
+A strategy's lifecycle, as the runner (clbench.runners.loop) drives it:
 
-    setup(spec, model, train=..., seed=..., device=...)   once, before the random-init evaluation
-    for each experience:
+    setup(spec, model, *, train, seed, device)   once, before the random-init evaluation
+    for each experience exp:
         before_experience(exp)
         experience_train(exp)      -> this experience's budget (TrainConfig), or None: not trained, not evaluated
         train_data(exp)            -> the samples to cut mini-batches from (joint widens it; a list: equal shares)
@@ -11,6 +11,15 @@ The runner only ever calls, in order:
         after_experience(exp)
     predict(x, task_id or None)    -> logits, under torch.no_grad() (task inference may enable grad locally)
     state_bytes()                  -> memory the method keeps beyond the model (buffers, Fisher, masks)
+
+The runner does not call the hooks directly but through methods a strategy cannot override (RUNNER_METHODS), which
+do clbench's bookkeeping around them: `begin_run` calls `setup` and then checks that the override reached
+`Strategy.setup` (a forgotten `super().setup(...)` is an error naming the class, not a missing attribute later);
+`begin_experience` calls `before_experience` and then, with TrainConfig.optimizer_state="reset", gives an
+SGDStrategy a fresh optimizer (unless the hook built one itself); `end_experience` calls `after_experience`;
+`restore_checkpoint` calls `load_checkpoint_state` and checks that the saved state was written back. So the base
+versions of `before_experience` and `after_experience` are empty: an override needs no `super()` call (one that
+subclasses a built-in method calls super() to keep that method's own hooks).
 
 Following scikit-learn, the constructor only stores hyperparameters (its signature, with type annotations and
 defaults, *is* the hyperparameter list that `clbench list` prints and `--set` checks); learned state is created in
@@ -23,9 +32,7 @@ back into a strategy freshly built and `setup` exactly as the run first did, in 
 
 from __future__ import annotations
 
-import collections.abc
 import inspect
-import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +44,8 @@ from torch import nn
 
 from clbench.benchmarks.backbones import NORMALIZE
 from clbench.benchmarks.base import SCENARIOS, Batch, Experience, StreamSpec, TensorData
-from clbench.errors import UsageError
+from clbench.errors import UsageError, unknown_choice
+from clbench.strategies.hyperparameters import Hyperparameter
 
 # Logits of units a task does not own; finite (not -inf) so that softmax-based penalties never produce 0·inf = NaN.
 MASKED_LOGIT = -1e9
@@ -86,80 +94,50 @@ class TrainConfig:
             raise UsageError(f"drop-last must be true or false, got {self.drop_last!r}")
 
 
-@dataclass(frozen=True)
-class Hyperparameter:
-    name: str
-    type: object  # an annotation: int, float, bool, str, Literal[...], or Optional of those
-    default: object
-
-    @property
-    def type_name(self) -> str:
-        return _type_name(self.type)
-
-    def check(self, value, owner: str):
-        """Return `value` converted to this hyperparameter's type, or raise UsageError naming what is valid."""
-        ok, converted = _coerce(self.type, value)
-        if not ok:
-            raise UsageError(
-                f"hyperparameter {self.name}={value!r} of strategy {owner!r} must be {self.type_name}"
-            )
-        return converted
-
-
-def _type_name(annotation) -> str:
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return "None"
-    return getattr(annotation, "__name__", str(annotation))
-
-
-def _coerce(annotation, value):
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        return (value in typing.get_args(annotation)), value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(annotation):
-            ok, converted = _coerce(option, value)
-            if ok:
-                return True, converted
-        return False, value
-    if annotation is type(None):
-        return value is None, value
-    if annotation is bool:
-        return isinstance(value, bool), value
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if annotation is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if annotation is str:
-        return isinstance(value, str), value
-    if origin in (list, tuple, collections.abc.Sequence):  # e.g. Sequence[float]: one value per experience
-        args = typing.get_args(annotation)
-        ok = isinstance(value, (list, tuple)) and all(_coerce(args[0], v)[0] for v in value) if args else True
-        return ok, value
-    if origin is not None:
-        return isinstance(value, origin), value
-    if not isinstance(annotation, type):  # an annotation clbench cannot check (a forward reference, a TypeVar)
-        return True, value
-    return isinstance(value, annotation), value
+# The methods the runner calls, each with the hook it wraps: a subclass overrides the hook, never these (defining one
+# is a TypeError when the class is created), so no override can skip clbench's bookkeeping around the hooks.
+RUNNER_METHODS = {"begin_run": "setup", "begin_experience": "before_experience", "end_experience": "after_experience",
+                  "restore_checkpoint": "load_checkpoint_state"}
+_SET_UP = "_clbench_set_up"  # set by Strategy.setup; no trailing underscore, so never part of a checkpoint
+_LOADED = "_clbench_loaded"  # set by Strategy.load_checkpoint_state
 
 
 class Strategy:
-    """Base of every continual-learning method. Subclasses set `name`, `scenarios` and define `__init__` with
-    annotated, defaulted keyword arguments (the hyperparameters), then override the lifecycle methods they need."""
+    """Base of every continual-learning method.
+
+    A subclass defines:
+
+    * `__init__(self, strength: float = 0.01, ...)`: the hyperparameters, one annotated, defaulted argument each,
+      stored under its own name (`self.strength = strength`) and nothing else; `validate()` checks their relations.
+    * class attributes: `name`, the display name in every table (default: `@register`'s name, else the class name;
+      the class's module path is recorded apart, as `strategy_ref`, to re-run it); `scenarios`, the scenarios it
+      supports; `tune_grid`, {hyperparameter: [values]} that `clbench bench` searches without `--grid`;
+      `train_choices`, the runner settings it can honour only some values of.
+    * the lifecycle (see the module docstring), each an override of a method here: `setup` (must call
+      `super().setup(spec, model, train=train, seed=seed, device=device)` first; it sets `spec_`, `model_`,
+      `train_config_`, `device_`, `generator_` and `unit_mask_`), `before_experience(exp)` and `after_experience(exp)`
+      (empty here: no super() call needed), `experience_train(exp)`, `train_data(exp)`, `fit_experience(exp,
+      batches)` or `train_step(batch)`, `predict(x, task_id)`, `state_bytes()`; and, only for learned state that is
+      not tensors and plain values, `checkpoint_state()` / `load_checkpoint_state(state)`.
+    """
 
     name: ClassVar[str] = ""
     scenarios: ClassVar[frozenset[str]] = frozenset(SCENARIOS)
+    # {hyperparameter: [values]}: the grid `clbench bench` tunes over when no --grid is given (empty: nothing to tune)
+    tune_grid: ClassVar[dict[str, list]] = {}
     # False for a strategy whose state cannot be written as tensors and plain values (one wrapping a foreign
     # object): its runs save no checkpoint and restart from the beginning after a kill.
     checkpointable: ClassVar[bool] = True
     # Learned attributes that `setup` rebuilds identically from the run's settings: not saved.
     checkpoint_exclude: ClassVar[frozenset[str]] = frozenset({"spec_", "train_config_", "device_", "unit_mask_"})
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        overridden = [name for name in RUNNER_METHODS if name in cls.__dict__]
+        if overridden:
+            hooks = ", ".join(RUNNER_METHODS[name] for name in overridden)
+            raise TypeError(f"{cls.__qualname__} defines {', '.join(overridden)}, which the runner calls to do "
+                            f"clbench's bookkeeping around the strategy's hooks; override {hooks} instead")
 
     # -- hyperparameters -------------------------------------------------------------------------------------------
     @classmethod
@@ -181,8 +159,8 @@ class Strategy:
         checked = {}
         for key, value in params.items():
             if key not in known:
-                valid = ", ".join(sorted(known)) or "(none: this strategy has no hyperparameters)"
-                raise UsageError(f"unknown hyperparameter {key!r} for strategy {cls.name!r}; valid choices: {valid}")
+                raise unknown_choice("hyperparameter", key, known or ["(none: this strategy has no hyperparameters)"],
+                                     where=f"for strategy {cls.name!r}")
             checked[key] = known[key].check(value, cls.name)
         strategy = cls(**checked)
         strategy.validate()
@@ -192,7 +170,61 @@ class Strategy:
         """Check relations between hyperparameters (ranges, combinations); raise UsageError naming the bad value."""
 
     def get_params(self) -> dict:
+        missing = [name for name in self.hyperparameters() if not hasattr(self, name)]
+        if missing:  # else an AttributeError far from its cause
+            raise UsageError(f"{type(self).__qualname__}.__init__ must store each hyperparameter under its own name: "
+                             + ", ".join(f"self.{name} = {name}" for name in missing))
         return {name: getattr(self, name) for name in self.hyperparameters()}
+
+    # -- what the runner calls (not to be overridden: see RUNNER_METHODS) -------------------------------------------
+    def begin_run(self, spec: StreamSpec, model: nn.Module, *, train: TrainConfig, seed: int, device="cpu") -> None:
+        """`setup`, then a check that the override reached `Strategy.setup` (UsageError naming the class if not)."""
+        self.__dict__.pop(_SET_UP, None)
+        self.setup(spec, model, train=train, seed=seed, device=device)
+        self._require_set_up()
+
+    def begin_experience(self, exp: Experience) -> None:
+        """`before_experience(exp)`, then the framework's part: with optimizer_state="reset", an SGDStrategy gets a
+        fresh optimizer from `make_optimizer()` (after the hook, so it covers the parameters as the hook left them),
+        unless the hook assigned `optimizer_` itself."""
+        self._require_set_up()
+        optimizer = getattr(self, "optimizer_", None)
+        self.before_experience(exp)
+        if getattr(self, "optimizer_", None) is optimizer:
+            self._reset_optimizer()
+
+    def end_experience(self, exp: Experience) -> None:
+        """`after_experience(exp)` (kept beside `begin_experience` so that bookkeeping can go here, not in a hook)."""
+        self.after_experience(exp)
+
+    def restore_checkpoint(self, state: dict) -> None:
+        """`load_checkpoint_state(state)`, then a check that the saved attributes were written back: an override that
+        forgot `super().load_checkpoint_state(state)` would resume from the fresh state (the runner then warns and
+        starts the run over). A strategy that overrides `checkpoint_state` too encodes its state its own way and
+        is not checked."""
+        self.__dict__.pop(_LOADED, None)
+        self.load_checkpoint_state(state)
+        if type(self).checkpoint_state is Strategy.checkpoint_state and not self.__dict__.get(_LOADED):
+            owners = _overrides(type(self), "load_checkpoint_state")
+            raise ValueError(f"{_one_of(owners)} does not call super().load_checkpoint_state(state), so the saved "
+                             "state was not loaded; add that call")
+
+    def _require_set_up(self) -> None:
+        if self.__dict__.get(_SET_UP):
+            return
+        owners = _overrides(type(self), "setup")
+        if not owners:
+            raise UsageError(f"strategy {self.name!r} was not set up: call begin_run(spec, model, train=..., "
+                             "seed=..., device=...) before its first experience")
+        made = "spec_, model_, train_config_, device_, generator_, unit_mask_"
+        if isinstance(self, SGDStrategy):
+            made += ", optimizer_"
+        raise UsageError(f"strategy {self.name!r}: {_one_of(owners)} does not call super().setup(spec, model, "
+                         f"train=train, seed=seed, device=device), so the base setup never ran (it sets {made}); "
+                         f"add that call at the start of {owners[0] if len(owners) == 1 else 'the one lacking it'}")
+
+    def _reset_optimizer(self) -> None:
+        """The per-experience optimizer reset of `begin_experience`; only SGDStrategy has an optimizer to reset."""
 
     # -- lifecycle ---------------------------------------------------------------------------------------------------
     @classmethod
@@ -225,9 +257,11 @@ class Strategy:
         # Each strategy draws its own randomness (replay sampling, ...) from its own generator.
         self.generator_ = torch.Generator(device="cpu").manual_seed(seed)
         self.unit_mask_ = spec.task_unit_mask(self.device_)
+        setattr(self, _SET_UP, True)
 
     def before_experience(self, exp: Experience) -> None:
-        pass
+        """A hook, before this experience's training (empty here: an override needs no super() call). The optimizer
+        reset of optimizer_state="reset" comes after it (see `begin_experience`)."""
 
     def experience_train(self, exp: Experience) -> TrainConfig | None:
         """The optimisation budget for `exp`: the run's settings by default. A method may train longer or shorter
@@ -253,7 +287,8 @@ class Strategy:
         raise NotImplementedError
 
     def after_experience(self, exp: Experience) -> None:
-        pass
+        """A hook, after this experience's training (empty here: an override needs no super() call); consolidation
+        (Fisher, anchors, teachers, buffers) goes here."""
 
     def predict(self, x: torch.Tensor, task_id: int | None) -> torch.Tensor:
         raise NotImplementedError
@@ -297,6 +332,7 @@ class Strategy:
                     and not name.startswith("_")) or name in self.checkpoint_exclude:
                 raise ValueError(f"{name!r} is not a learned attribute of {type(self).__name__}")
             setattr(self, name, _restore(getattr(self, name, None), saved, name))
+        setattr(self, _LOADED, True)
 
     # -- helpers shared by methods -----------------------------------------------------------------------------------
     def mask_logits(self, logits: torch.Tensor, task: torch.Tensor | int | None) -> torch.Tensor:
@@ -305,6 +341,18 @@ class Strategy:
             return logits
         rows = self.unit_mask_[task] if isinstance(task, torch.Tensor) else self.unit_mask_[task].expand_as(logits)
         return logits.masked_fill(~rows, MASKED_LOGIT)
+
+
+def _overrides(cls: type, method: str) -> list[str]:
+    """"Class.method" for the classes of `cls`'s MRO that define `method` below clbench's two base classes, the
+    user's own first (a built-in's override is tested; the user's is the one likely to lack the super() call)."""
+    owners = [c for c in cls.__mro__ if method in c.__dict__ and c not in (Strategy, SGDStrategy)]
+    users = [c for c in owners if not c.__module__.startswith("clbench.")]
+    return [f"{c.__qualname__}.{method}" for c in users or owners]
+
+
+def _one_of(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else "one of " + ", ".join(names)
 
 
 class NotCheckpointable(TypeError):
@@ -443,6 +491,12 @@ class SGDStrategy(Strategy):
     penalty(batch, features, logits)  -> tensor      (EWC, LwF, center loss)             ~ before_backward
     project_gradients(batch)          -> None        (GEM, A-GEM edit .grad in place)    ~ after_backward
     after_update()                    -> None        (center loss: restore frozen rows)  ~ after_update
+
+    `train_step(batch)` runs them around one optimizer step on `task_loss` (masked cross-entropy) + `penalty`;
+    `predict` is the model's masked logits. The optimizer, `optimizer_`, comes from `make_optimizer()` (the run's
+    TrainConfig over `trainable_parameters()`; override it for other parameter groups or optimizers): once in
+    `setup`, and with optimizer_state="reset" again after every `before_experience` (by `begin_experience`, so an
+    override of the hook cannot lose it) unless the hook assigned `optimizer_` itself.
     """
 
     def setup(self, spec, model, *, train, seed, device="cpu"):
@@ -457,10 +511,10 @@ class SGDStrategy(Strategy):
     def make_optimizer(self) -> torch.optim.Optimizer:
         return make_optimizer(list(self.trainable_parameters().values()), self.train_config_)
 
-    def before_experience(self, exp):
+    def _reset_optimizer(self):
         # optimizer_state="reset": momentum and Adam moments from the previous task must not push the new one;
         # "keep": the one optimizer made in setup carries them on (van de Ven & Tolias's code, Avalanche).
-        if self.train_config_.optimizer_state == "reset":
+        if self.train_config_.optimizer_state == "reset" or getattr(self, "optimizer_", None) is None:
             self.optimizer_ = self.make_optimizer()
 
     # hooks -----------------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from clbench.benchmarks.base import Batch
-from clbench.strategies.base import MASKED_LOGIT, SGDStrategy
+from clbench.strategies.base import MASKED_LOGIT
 from clbench.strategies.registry import register
 from clbench.strategies.replay import Replay
 
@@ -53,7 +53,6 @@ class ERACE(Replay):
         self.per_class = None
 
     def before_experience(self, exp):
-        SGDStrategy.before_experience(self, exp)
         # store this experience's samples before training on it (Avalanche): Replay's update, moved earlier
         Replay.after_experience(self, exp)
 

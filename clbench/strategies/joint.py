@@ -40,7 +40,6 @@ class Joint(SGDStrategy):
     def before_experience(self, exp):
         # Restart from the run's initial weights so that row i does not depend on the order of earlier rows.
         self.model_.load_state_dict(self.initial_state_)
-        super().before_experience(exp)
         self.seen_.append(exp.train)
 
     def experience_train(self, exp):

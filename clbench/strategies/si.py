@@ -78,7 +78,6 @@ class SI(SGDStrategy):
         return {name: p.detach().clone() for name, p in self.trainable_parameters().items()}
 
     def before_experience(self, exp):
-        super().before_experience(exp)
         with torch.no_grad():
             for name, p in self.trainable_parameters().items():
                 self.anchor_[name].copy_(p)

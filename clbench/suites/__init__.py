@@ -79,7 +79,7 @@ def load_suite(name: str) -> Suite:
         raise unknown_choice("suite (--suite)", name, [*suite_names(), "FILE.toml"])
     unknown = set(spec) - SUITE_KEYS
     if unknown:
-        raise UsageError(f"{where}: unknown key {sorted(unknown)[0]!r}; valid choices: {', '.join(sorted(SUITE_KEYS))}")
+        raise UsageError(f"{where}: {unknown_choice('key', sorted(unknown)[0], SUITE_KEYS)}")
     for key in ("seeds", "cells", "strategies"):
         if not spec.get(key):
             raise UsageError(f"{where}: needs {key!r}")
