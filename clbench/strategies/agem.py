@@ -13,6 +13,13 @@ Hyperparameters are Avalanche's AGEM's: `patterns_per_exp` (required there; 256 
 `sample_size=64` (Avalanche's default). Avalanche draws the reference batch group-balanced (sample_size // k per
 experience); clbench draws it uniformly from the memory, which holds the same number of samples per experience, so it
 is balanced in expectation — the paper's "random subset of the episodic memory".
+
+Mammoth (aimagelab/mammoth, models/agem.py) computes `buffer_size // n_tasks` samples per task but, since its commit
+0d727a7 (January 2022), stores only the task's last mini-batch (`samples_per_task` is never used): with its seq-mnist
+best arguments (buffer 500, batch 10) that is 10 samples per experience, not 100. That is a defect of that code, not
+a protocol, and clbench does not copy it; the `mammoth-seq-mnist` preset runs A-GEM at 100 per experience (the
+protocol) and at 10 (`patterns_per_exp=10`, Mammoth's effective memory) to show how much of the gap it explains.
+The neurips2020 version of Mammoth, which produced the DER paper's A-GEM numbers, stored the full per-task share.
 """
 
 from __future__ import annotations

@@ -15,6 +15,14 @@ as van de Ven & Tolias's code (continual_learner.py: `fisher = gamma * fisher` i
 strength is then γλ/2, so their λ maps to clbench's λ/2 with gamma_in_penalty=True.
 With fisher_labels="predicted" the log-likelihood is taken at the model's own prediction instead of the true label
 (the choice of van de Ven & Tolias's code; the "true Fisher" evaluated at its most likely label).
+With fisher_weighting="prob" each sample's squared gradient is weighted by the probability the model gives the label
+it is taken at, p(y | x) (the true label by default), under the same (task-masked) softmax as the loss:
+F = (1/N) Σ_k p(y_k | x_k) g_k², as Mammoth's online EWC (aimagelab/mammoth, models/ewc_on.py: end_task multiplies
+each sample's squared gradient by exp(log p(y | x))). The weight is a constant (no gradient flows through it); it is
+applied by scaling sample k's loss by √p_k, which scales its gradient by √p_k, so both per-sample paths below carry it.
+Mammoth's arguments map one to one (mode="online", decay_factor = gamma, ewc_lambda = e_lambda: its penalty is
+e_lambda · Σ F (θ − θ*)², without ½, as here); Mammoth divides the summed Fisher by (number of batches × batch size),
+clbench by the number of samples, equal when the batch size divides it.
 The default ewc_lambda=10 trains stably on Split-Fashion-MNIST with SGD lr 0.01 momentum 0.9 in every scenario;
 100 diverged there in class-IL for one seed out of three (the separate penalties add up) and 1000 for every seed. The
 stable range shrinks as the learning rate grows.
@@ -39,7 +47,8 @@ class EWC(SGDStrategy):
     """EWC with a per-sample Fisher; `mode` "separate" keeps one penalty per experience, "online" one running
     penalty decayed by `decay_factor`; `fisher_labels` "true" (empirical Fisher) or "predicted" (the model's own
     prediction as the label); `gamma_in_penalty` applies decay_factor once more inside the online penalty (van de Ven
-    & Tolias's convention). `fisher_batch_size` bounds the memory of the vectorised pass."""
+    & Tolias's convention); `fisher_weighting` "none" or "prob" (each squared gradient weighted by p(y | x), as
+    Mammoth's ewc_on). `fisher_batch_size` bounds the memory of the vectorised pass."""
 
     def __init__(
         self,
@@ -49,6 +58,7 @@ class EWC(SGDStrategy):
         fisher_batch_size: int = 128,
         fisher_labels: Literal["true", "predicted"] = "true",
         gamma_in_penalty: bool = False,
+        fisher_weighting: Literal["none", "prob"] = "none",
     ):
         self.ewc_lambda = ewc_lambda
         self.mode = mode
@@ -56,6 +66,7 @@ class EWC(SGDStrategy):
         self.fisher_batch_size = fisher_batch_size
         self.fisher_labels = fisher_labels
         self.gamma_in_penalty = gamma_in_penalty
+        self.fisher_weighting = fisher_weighting
 
     def validate(self):
         if self.ewc_lambda < 0:
@@ -117,7 +128,8 @@ class EWC(SGDStrategy):
 
     def empirical_fisher(self, data) -> dict[str, torch.Tensor]:
         """Mean over samples of the squared per-sample gradient of the (task-masked) cross-entropy, at the true
-        labels or, with fisher_labels="predicted", at the model's predictions."""
+        labels or, with fisher_labels="predicted", at the model's predictions; with fisher_weighting="prob" each
+        sample's square weighted by the model's probability of that label."""
         model = self.model_
         was_training = model.training
         model.eval()  # batch-norm statistics must not depend on which samples share a chunk
@@ -140,6 +152,16 @@ class EWC(SGDStrategy):
     def _squared_grad_sums_vmap(self, chunk, params) -> dict[str, torch.Tensor]:
         """Any model: per-sample gradients with torch.func (vmap over grad), squared and summed."""
         labels = self._fisher_targets(chunk)
+        if self.fisher_weighting == "prob":
+            with torch.no_grad():
+                masked = self.mask_logits(self.model_(chunk.x), chunk.task)
+                root_p = _root_probability(F.cross_entropy(masked, labels, reduction="none"))
+
+            def weighted_loss(logits, y, task, root):
+                return F.cross_entropy(self.mask_logits(logits, task), y) * root[0]
+
+            inputs = (chunk.x, labels, chunk.task, root_p)
+            return vmap_grad_sums(self.model_, params, weighted_loss, inputs, torch.square)
 
         def sample_loss(logits, y, task):
             return F.cross_entropy(self.mask_logits(logits, task), y)
@@ -153,6 +175,9 @@ class EWC(SGDStrategy):
         def summed_loss(logits):
             masked = self.mask_logits(logits, chunk.task)
             labels = masked.detach().argmax(1) if self.fisher_labels == "predicted" else chunk.y
+            if self.fisher_weighting == "prob":
+                losses = F.cross_entropy(masked, labels, reduction="none")
+                return (losses * _root_probability(losses.detach())).sum()
             return F.cross_entropy(masked, labels, reduction="sum")
 
         return linear_grad_sums(self.model_, chunk.x, summed_loss, torch.square)
@@ -167,3 +192,9 @@ class EWC(SGDStrategy):
         stored = [t for d in self.importances_ + self.anchors_ for t in d.values()]
         folded = [t for d in self.folded_[:2] for t in d.values()] if self.importances_ else []
         return tensors_nbytes(*stored, *folded)
+
+
+def _root_probability(losses: torch.Tensor) -> torch.Tensor:
+    """√p(y | x) from the per-sample cross-entropies −log p(y | x): the loss scale that weighs a squared gradient
+    by p."""
+    return torch.exp(-0.5 * losses)

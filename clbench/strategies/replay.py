@@ -1,8 +1,19 @@
 """Experience replay (Chaudhry et al. 2019, "On Tiny Episodic Memories in Continual Learning"; Rolnick et al. 2019).
 
 Every training mini-batch is joined by `batch_size_mem` samples (default: the batch size; at most the memory's size)
-drawn from a memory of earlier experiences; the memory is updated after each experience, so the current experience
-never replays itself. How the two parts make the loss (`loss_weighting`):
+drawn uniformly without replacement from the memory. When the memory takes its samples (`update`):
+  * "experience": after each experience, all of its training samples at once, so the current experience never
+                  replays itself (Avalanche's ReplayPlugin);
+  * "stream":     after every optimizer step, the step's incoming mini-batch (before its replayed part was added),
+                  so the memory follows the stream and the current experience is replayed too, from the second step
+                  of the first experience on: Chaudhry et al.'s ER (the paper above, reservoir update of every
+                  incoming batch) and Mammoth's ER (aimagelab/mammoth, models/er.py: buffer.add_data after
+                  opt.step, utils/buffer.py's reservoir). With "reservoir", after N samples have arrived the memory
+                  is a uniform sample of min(N, mem_size) of them, each in it with probability min(1, mem_size / N),
+                  as Vitter's algorithm R gives (Mammoth's); the storage policies below apply unchanged to the
+                  samples seen so far. "by_task" weighting needs "experience" (it weighs the current experience
+                  against the earlier ones, which a streaming memory mixes).
+How the two parts make the loss (`loss_weighting`):
   * "concat":  one cross-entropy over the concatenated batch, as Avalanche's ReplayPlugin (equal batches: ½, ½);
   * "by_task": (1/t)·CE(current) + (1 − 1/t)·CE(replayed) while training experience t (1-based), van de Ven &
                Tolias's weighting (continual-learning, `--replay exemplars`, rnt = 1/t); in task-IL the replayed part
@@ -36,9 +47,11 @@ from clbench.strategies.registry import register
 @register("replay")
 class Replay(SGDStrategy):
     """Rehearsal from a `mem_size`-sample buffer (or `per_class` samples per class with "fixed_per_class");
-    `batch_size_mem` None means the training batch size; `loss_weighting` "concat" or "by_task"."""
+    `batch_size_mem` None means the training batch size; `loss_weighting` "concat" or "by_task"; `update`
+    "experience" (after each experience) or "stream" (after every step, with its incoming batch)."""
 
     min_mem_size = 1  # subclasses for which replay is optional lower it to 0 (= off)
+    update = "experience"  # for subclasses whose constructor does not take the option
 
     def __init__(
         self,
@@ -47,12 +60,14 @@ class Replay(SGDStrategy):
         batch_size_mem: int | None = None,
         loss_weighting: Literal["concat", "by_task"] = "concat",
         per_class: int | None = None,
+        update: Literal["experience", "stream"] = "experience",
     ):
         self.mem_size = mem_size
         self.storage_policy = storage_policy
         self.batch_size_mem = batch_size_mem
         self.loss_weighting = loss_weighting
         self.per_class = per_class
+        self.update = update
 
     def validate(self):
         if self.mem_size < self.min_mem_size:
@@ -64,6 +79,9 @@ class Replay(SGDStrategy):
         if self.storage_policy != "fixed_per_class" and self.per_class is not None:
             raise UsageError(f"per_class is only used with storage_policy='fixed_per_class', not "
                              f"{self.storage_policy!r}; leave it unset (mem_size sets the memory)")
+        if self.update == "stream" and self.loss_weighting == "by_task":
+            raise UsageError("loss_weighting='by_task' needs update='experience' (it weighs the current experience "
+                             "against earlier ones, which update='stream' mixes in one memory)")
 
     @property
     def replays(self) -> bool:
@@ -110,11 +128,21 @@ class Replay(SGDStrategy):
         replayed = F.cross_entropy(masked[k:], batch.y[k:])
         return current / t + (1 - 1 / t) * replayed
 
+    def train_step(self, batch):
+        stats = super().train_step(batch)
+        if self.update == "stream" and self.replays:
+            self._store(TensorData(batch.x, batch.y, batch.task))  # the incoming samples, after the step (Mammoth)
+        return stats
+
     def after_experience(self, exp):
         self.experiences_seen_ += 1
-        if not self.replays:
+        if self.update == "stream" or not self.replays:
             return
-        new = exp.train.to(self.device_)
+        self._store(exp.train)
+
+    def _store(self, data: TensorData) -> None:
+        """Offer `data` to the memory: every sample draws its key, the storage policy keeps the smallest."""
+        new = data.to(self.device_)
         new_keys = torch.rand(len(new), generator=self.generator_)
         pool = new if self.buffer_ is None else TensorData.concat([self.buffer_, new])
         keys = torch.cat([self.keys_, new_keys])
