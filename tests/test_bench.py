@@ -98,3 +98,37 @@ def test_bad_bench_input_is_one_line_and_writes_nothing(argv, message, tmp_path,
     assert main([*argv, "--out", str(out)]) == 2 and not out.exists()
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_reused_baselines_are_taken_as_they_are_failures_included(tmp_path):
+    """A committed baseline that diverged would diverge again bit for bit: a bench reuses it (failed) and runs only
+    the new strategy."""
+    import json
+
+    suite = tmp_path / "tiny.toml"
+    suite.write_text("""name = "tiny-failing"
+seeds = [0, 1]
+[[cells]]
+benchmark = "split-digits"
+scenarios = ["task"]
+[settings]
+epochs = 1
+train_subset = 60
+test_subset = 30
+[[strategies]]
+name = "naive"
+[[strategies]]
+name = "ewc"
+settings = { lr = 1e12 }
+""")
+    baselines = tmp_path / "baselines"
+    assert main(["bench", "--suite", str(suite), "--out", str(baselines), "--no-plots", "--quiet"]) == 1
+    runs = pd.read_csv(baselines / "runs.csv")
+    assert set(runs.loc[runs["strategy"] == "ewc", "status"]) == {"failed"}
+    out = tmp_path / "bench"
+    assert main(["bench", MINE, "--suite", str(suite), "--out", str(out), "--baselines", str(baselines),
+                 "--no-tune", "--no-plots", "--quiet"]) == 0  # nothing it ran failed
+    entries = [json.loads(line)["run"] for line in (out / "runs.jsonl").read_text().splitlines()]
+    ewc_ids = [e["run_id"] for e in entries if e["strategy"] == "ewc"]
+    assert len(ewc_ids) == 2 and len(set(ewc_ids)) == 2  # the two failed runs, merged once, not run again
+    assert sorted(e["strategy"] for e in entries if e["strategy"] not in ("ewc", "naive")) == ["L2Anchor"] * 2

@@ -889,9 +889,10 @@ def cmd_sweep(args) -> int:
     return _finish(store, args, failed)
 
 
-def _execute_sweep(sweep, store, args, todo, trackers=None) -> int:
+def _execute_sweep(sweep, store, args, todo, trackers=None, settled: frozenset = frozenset()) -> int:
     """Run a sweep's `todo` runs into `store` and, for a tuned sweep, select each method's configuration from the
-    tuning runs' validation summary and run the final ones; returns how many runs (or selections) failed."""
+    tuning runs' validation summary and run the final ones; returns how many runs (or selections) failed. Final runs
+    in `settled` (a bench's reused baselines, failures included) are not run again."""
     from clbench.runners.progress import announce, warn
     from clbench.runners.sweep import build_streams, execute, select
 
@@ -911,7 +912,7 @@ def _execute_sweep(sweep, store, args, todo, trackers=None) -> int:
         for line in problems:
             warn(f"[tune] {line}")
         finals = sweep.final_configs(selection)
-        final_todo = [c for c in finals if c.run_id not in store.finished_run_ids()]
+        final_todo = [c for c in finals if c.run_id not in store.finished_run_ids() | settled]
         announce(f"[tune] selected {len(selection)} configuration(s) ({sweep.tune.criterion}); "
                  f"{len(finals)} final runs, {len(finals) - len(final_todo)} already finished")
         if not (args.executor == "ray" and args.address):
@@ -986,16 +987,23 @@ def cmd_bench(args) -> int:
         check_device(sweep.device)
         build_streams(sweep, sweep.configs, keep=args.workers == 1)
     store = ResultStore(args.out)
+    settled: frozenset = frozenset()
     if baselines is not None and Path(baselines).resolve() != Path(args.out).resolve():
         wanted = set(suite.baselines)  # only the suite's baselines: never another bench's new strategies
-        added = store.merge_from(_existing_store(Path(baselines)), keep=lambda run: run["strategy"] in wanted)
+        reused_store = _existing_store(Path(baselines))
+        added = store.merge_from(reused_store, keep=lambda run: run["strategy"] in wanted)
+        # a committed baseline that failed (a diverging selected configuration) fails again, bit for bit: it is the
+        # protocol's outcome, reused as it is; `clbench bench --suite NAME --out DIR` rebuilds baselines
+        settled = frozenset(run_id for run_id, entry in reused_store.entries().items()
+                            if entry["run"]["strategy"] in wanted)
         print(f"{added} baseline run(s) reused from {baselines}")
     started = time.perf_counter()
     failed = 0
     with Trackers(tracker_names, args.out) as trackers:
-        for sweep in (*baseline_sweeps, *own_sweeps):
-            done = store.finished_run_ids()
-            failed += _execute_sweep(sweep, store, args, [c for c in sweep.configs if c.run_id not in done], trackers)
+        for sweep, reused in [*((s, settled) for s in baseline_sweeps), *((s, frozenset()) for s in own_sweeps)]:
+            skip = store.finished_run_ids() | reused
+            failed += _execute_sweep(sweep, store, args, [c for c in sweep.configs if c.run_id not in skip], trackers,
+                                     settled=reused)
     from clbench.runners.progress import log_file_only, phase
 
     phase(f"writing tables in {args.out}")
