@@ -165,6 +165,8 @@ OFFLINE = {
     "hnet-permuted-mnist": ("permuted-mnist", "permuted-digits", ["n_experiences=3"]),
     "gem-mnist-permutations": ("permuted-mnist", "permuted-digits", ["n_experiences=3"]),
     "gem-mnist-rotations": ("rotated-mnist", "rotated-fmnist", ["n_experiences=3"]),
+    "mammoth-seq-mnist": ("split-mnist", "split-digits", []),
+    "mammoth-perm-mnist": ("permuted-mnist", "permuted-digits", ["n_experiences=3"]),
 }
 
 
