@@ -1,6 +1,7 @@
 """Mammoth next to clbench, method by method, on the same Fashion-MNIST bytes and seeds.
 
     python scripts/mammoth_compare.py MAMMOTH_OUT/mammoth.csv CLBENCH_OUT [-o table.md]
+    python scripts/mammoth_compare.py MAMMOTH_OUT/mammoth-perm-mnist.csv CLBENCH_PERM_OUT [-o table-perm.md]
 
 MAMMOTH_OUT is what scripts/mammoth_side_by_side.sh wrote (one row per method and seed); CLBENCH_OUT the folder of
 `clbench sweep preset:mammoth-seq-mnist --benchmark-map split-mnist=split-fmnist --seeds ...`. Each Mammoth method is
@@ -36,6 +37,19 @@ MATCHES = {
 }
 
 
+# MAMMOTH_DATASET=perm-mnist's runs (mammoth-perm-mnist.csv, domain-IL) -> the mammoth-perm-mnist preset's entries
+PERM_MATCHES = {
+    "sgd": ("naive", "defaults"),
+    "er": ("replay", "batch_size_mem=128 mem_size=500 update=stream"),
+    "agem": ("agem", "patterns_per_exp=25 sample_size=128"),
+    "gem": ("gem", "patterns_per_exp=25"),
+    "ewc_on": ("ewc", "decay_factor=1.0 ewc_lambda=0.7 fisher_weighting=prob mode=online"),
+    "si": ("si", "eps=1.0 si_lambda=0.5"),
+    "der": ("der", "alpha=1.0 batch_size_mem=128 beta=0.0 mem_size=500"),
+    "derpp": ("der", "alpha=1.0 batch_size_mem=128 mem_size=500"),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("mammoth_csv", type=Path)
@@ -50,22 +64,29 @@ def main() -> int:
     if "label" not in summary.columns:
         sys.exit("the clbench folder's summary has no label column; rebuild it with this clbench")
     rows = []
-    for method, (strategy, label) in MATCHES.items():
+    domain = "domain_il" in mammoth.columns  # a perm-mnist file: one domain-IL accuracy per run
+    for method, (strategy, label) in (PERM_MATCHES if domain else MATCHES).items():
         theirs = mammoth[mammoth["method"] == method.split(" ")[0]]
         ours = summary[(summary["strategy"] == strategy) & (summary["label"] == label)]
         seeds = sorted(set(theirs["seed"]) & set(ours["seed"]))
         if not seeds:
             continue
         theirs, ours = theirs[theirs["seed"].isin(seeds)], ours[ours["seed"].isin(seeds)]
-        m_cil, c_cil = theirs["class_il"].mean(), 100 * ours["acc"].mean()
-        m_til, c_til = theirs["task_il"].mean(), 100 * ours["acc_taw"].mean()
         ratio = statistics.median(theirs["wall_s"]) / statistics.median(ours["duration_s"])
-        rows.append({"Mammoth method": method, "clbench": f"{strategy} {label}", "seeds": " ".join(map(str, seeds)),
-                     "class-IL Mammoth": f"{m_cil:.1f}", "class-IL clbench": f"{c_cil:.1f}",
-                     "diff": f"{c_cil - m_cil:+.1f}", "task-IL Mammoth": f"{m_til:.1f}",
-                     "task-IL clbench": f"{c_til:.1f}", "wall s Mammoth / clbench":
-                     f"{statistics.median(theirs['wall_s']):.1f} / {statistics.median(ours['duration_s']):.1f} "
-                     f"({ratio:.1f}x)"})
+        row = {"Mammoth method": method, "clbench": f"{strategy} {label}", "seeds": " ".join(map(str, seeds))}
+        if domain:
+            m_acc, c_acc = theirs["domain_il"].mean(), 100 * ours["acc"].mean()
+            row |= {"domain-IL Mammoth": f"{m_acc:.1f}", "domain-IL clbench": f"{c_acc:.1f}",
+                    "diff": f"{c_acc - m_acc:+.1f}"}
+        else:
+            m_cil, c_cil = theirs["class_il"].mean(), 100 * ours["acc"].mean()
+            m_til, c_til = theirs["task_il"].mean(), 100 * ours["acc_taw"].mean()
+            row |= {"class-IL Mammoth": f"{m_cil:.1f}", "class-IL clbench": f"{c_cil:.1f}",
+                    "diff": f"{c_cil - m_cil:+.1f}", "task-IL Mammoth": f"{m_til:.1f}",
+                    "task-IL clbench": f"{c_til:.1f}"}
+        row["wall s Mammoth / clbench"] = (f"{statistics.median(theirs['wall_s']):.1f} / "
+                                           f"{statistics.median(ours['duration_s']):.1f} ({ratio:.1f}x)")
+        rows.append(row)
     header = list(rows[0]) if rows else ["Mammoth method"]
     table = "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
                        *("| " + " | ".join(row.values()) + " |" for row in rows)])

@@ -6,10 +6,12 @@
 # explicitly (--load_best_args is "not up to date" by Mammoth's own warning); buffer 500, gem 200 as in the issue.
 #
 # Usage: MAMMOTH_DIR=... MAMMOTH_PYTHON=... MAMMOTH_DATA=... scripts/mammoth_side_by_side.sh OUT [METHOD...]
-#   MAMMOTH_SEED=N runs seed N (default 0; the csv row names it in its args column).
+#   MAMMOTH_SEED=N runs seed N (default 0; the csv row names it in its args column). MAMMOTH_DATASET=perm-mnist runs
+#   perm-mnist (20 permutations, domain-IL, batch 128) with its best arguments for sgd er agem gem ewc_on si der
+#   derpp into OUT/mammoth-perm-mnist.csv (method, args, domain_il, wall_s).
 #   METHOD: sgd er agem gem lwf ewc_on si der derpp er_ace icarl gdumb (default: all, in that order).
 #   Appends one row per finished run to OUT/mammoth.csv (method, args, class_il, task_il, wall_s; accuracies in
-#   percent after the last task), keeps each run's full output in OUT/logs/METHOD-seedN.log and Mammoth's own result
+#   percent after the last task), keeps each run's full output in OUT/logs/DATASET-METHOD-seedN.log and Mammoth's own result
 #   logs (per-task accuracies) under OUT/mammoth-results. MAMMOTH_DEBUG=1 adds --debug_mode 1 (a few batches per
 #   task and per evaluation: a smoke test of the whole path, its accuracies mean nothing).
 # Environment:
@@ -48,6 +50,27 @@ declare -A method_args=(
     [icarl]="--buffer_size 500 --lr 0.1 --minibatch_size 10 --optim_wd 0"
     [gdumb]="--buffer_size 500 --maxlr 0.05 --fitting_epochs 256"
 )
+# MAMMOTH_DATASET=perm-mnist: its best arguments (best_args['perm-mnist'], buffer 500), batch 128, 20 tasks, domain-IL.
+declare -A perm_args=(
+    [sgd]="--lr 0.2"
+    [er]="--buffer_size 500 --lr 0.2 --minibatch_size 128"
+    [agem]="--buffer_size 500 --lr 0.1 --minibatch_size 128"
+    [gem]="--buffer_size 500 --lr 0.1 --gamma 0.5"
+    [ewc_on]="--lr 0.1 --e_lambda 0.7 --gamma 1.0"
+    [si]="--lr 0.1 --c 0.5 --xi 1.0"
+    [der]="--buffer_size 500 --lr 0.2 --minibatch_size 128 --alpha 1.0"
+    [derpp]="--buffer_size 500 --lr 0.2 --minibatch_size 128 --alpha 1.0 --beta 0.5"
+)
+dataset=${MAMMOTH_DATASET:-seq-mnist}
+case $dataset in
+    seq-mnist) batch=10 ;;
+    perm-mnist)
+        batch=128
+        all_methods=(sgd er agem gem ewc_on si der derpp)
+        for method in "${!perm_args[@]}"; do method_args[$method]=${perm_args[$method]}; done
+        for method in lwf er_ace icarl gdumb; do unset "method_args[$method]"; done ;;
+    *) echo "error: unknown MAMMOTH_DATASET '$dataset'; choose from: seq-mnist perm-mnist" >&2; exit 2 ;;
+esac
 
 fail() { echo "error: $*" >&2; exit 2; }
 
@@ -74,13 +97,18 @@ done
 
 mkdir -p "$out/logs"
 out=$(cd "$out" && pwd)  # Mammoth changes its working directory to MAMMOTH_DIR: hand it absolute paths
-csv=$out/mammoth.csv
-[[ -s $csv ]] || echo "method,args,class_il,task_il,wall_s" >"$csv"
+if [[ $dataset == seq-mnist ]]; then
+    csv=$out/mammoth.csv
+    [[ -s $csv ]] || echo "method,args,class_il,task_il,wall_s" >"$csv"
+else
+    csv=$out/mammoth-$dataset.csv
+    [[ -s $csv ]] || echo "method,args,domain_il,wall_s" >"$csv"
+fi
 
 # Mammoth management arguments: CPU (no GPU visible; its --device takes GPU indices only), no loader workers,
 # no progress bars, no checkpoints (none saved without --savecheck, none on interrupt), results and the (empty)
 # checkpoint folder under OUT, wandb off (it is enabled only when WANDB_ENTITY and WANDB_PROJECT are set).
-common=(--dataset seq-mnist --backbone mnistmlp --batch_size 10 --n_epochs 1 --seed "${MAMMOTH_SEED:-0}" --num_workers 0
+common=(--dataset "$dataset" --backbone mnistmlp --batch_size "$batch" --n_epochs 1 --seed "${MAMMOTH_SEED:-0}" --num_workers 0
     --non_verbose 1 --save_after_interrupt 0 --base_path "$MAMMOTH_DATA" --results_path "$out/mammoth-results"
     --checkpoint_path "$out/mammoth-checkpoints")
 # main.py sets torch.set_num_threads(2) when it is imported: pin one thread and make later calls no-ops.
@@ -93,11 +121,16 @@ runpy.run_path(sys.argv[0], run_name="__main__")'
 
 # Mammoth's closing line: "Accuracy for 5 task(s): [Class-IL]: X % [Task-IL]: Y %" (means over the 5 tasks).
 final_line='.*Accuracy for 5 task(s):[^[]*\[Class-IL\]: \([0-9.]*\) %[^[]*\[Task-IL\]: \([0-9.]*\) %.*'
+replacement='\1,\2'
+if [[ $dataset == perm-mnist ]]; then  # "Accuracy for 20 task(s): [Domain-IL]: X %"
+    final_line='.*Accuracy for 20 task(s):[^[]*\[Domain-IL\]: \([0-9.]*\) %.*'
+    replacement='\1'
+fi
 failed=()
 for method in "${methods[@]}"; do
     read -r -a args <<<"${method_args[$method]}"
     if [[ ${MAMMOTH_DEBUG:-0} == 1 ]]; then args+=(--debug_mode 1); fi
-    log=$out/logs/$method-seed${MAMMOTH_SEED:-0}.log
+    log=$out/logs/$dataset-$method-seed${MAMMOTH_SEED:-0}.log
     command=("$MAMMOTH_PYTHON" -c "$one_thread_main" "$MAMMOTH_DIR/main.py" --model "$method" "${args[@]}"
         "${common[@]}")
     echo "mammoth $method: ${args[*]}"
@@ -109,14 +142,14 @@ for method in "${methods[@]}"; do
         OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONWARNINGS=ignore \
         "${command[@]}") >>"$log" 2>&1 || status=$?
     wall_s=$(awk -v start="$start" -v end="$(date +%s.%N)" 'BEGIN { printf "%.1f", end - start }')
-    accuracies=$(sed -n "s/$final_line/\\1,\\2/p" "$log" | tail -n 1)
+    accuracies=$(sed -n "s/$final_line/$replacement/p" "$log" | tail -n 1)
     if [[ $status -ne 0 || -z $accuracies ]]; then
         echo "  failed (exit $status, no final accuracy): see $log" >&2
         failed+=("$method")
         continue
     fi
     echo "$method,\"${args[*]} --seed ${MAMMOTH_SEED:-0}\",$accuracies,$wall_s" >>"$csv"
-    echo "  class-IL, task-IL: $accuracies %; ${wall_s} s"
+    echo "  accuracy ($([[ $dataset == seq-mnist ]] && echo "class-IL, task-IL" || echo domain-IL)): $accuracies %; ${wall_s} s"
 done
 echo "results: $csv"
 if [[ ${#failed[@]} -gt 0 ]]; then
