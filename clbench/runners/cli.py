@@ -77,14 +77,16 @@ def _training_epilog() -> str:
 def _benchmark_default(key: str) -> str:
     """'default per benchmark: 0.01; split-cifar10, split-cifar100: 0.03': a training setting's defaults (the
     benchmarks' standard settings), the most common value first."""
-    values: dict = {}
+    by_value: dict = {}
     for info in list_benchmarks():
-        values.setdefault(info.training[key], []).append(info.name)
-    shown = [f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in values]
-    order = sorted(range(len(values)), key=lambda i: -len(list(values.values())[i]))
-    names = list(values.values())
-    parts = [shown[order[0]]] + [f"{', '.join(names[i])}: {shown[i]}" for i in order[1:]]
-    return "default per benchmark: " + "; ".join(parts)
+        by_value.setdefault(info.training[key], []).append(info.name)
+
+    def shown(value) -> str:
+        return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+    (common, _), *others = sorted(by_value.items(), key=lambda item: -len(item[1]))
+    return "default per benchmark: " + "; ".join([shown(common), *(f"{', '.join(names)}: {shown(value)}"
+                                                                   for value, names in others)])
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -362,48 +364,39 @@ def cmd_list(args) -> int:
         print(f"  {'':<18} training: {info.training_text()}")
     print("\nStrategies")
     for name in strategy_names():
-        scenarios, hyperparameters, _ = _strategy_description(name)
-        print(f"  {name:<18} scenarios: {', '.join(sorted(scenarios))}")
-        for hp in hyperparameters.values():
+        entry, _, _ = _strategy_description(name)
+        print(f"  {name:<18} scenarios: {', '.join(sorted(entry.scenarios))}")
+        for hp in entry.hyperparameters.values():
             print(f"      {hp.name} = {hp.default!r}  ({hp.type_name})")
     print("\nclbench list --strategy NAME (or package.module:Class) describes one")
     return 0
 
 
 def _strategy_description(name: str):
-    """(scenarios, hyperparameters, class or None): a built-in's read from its source (no torch), any other
-    strategy's from its class."""
-    from clbench.strategies.catalog import builtin_entry
-    from clbench.strategies.registry import BUILTIN_MODULES
+    """(StrategyEntry, where the strategy comes from, its tune_grid): a built-in's read from its source (no torch),
+    any other strategy's from its class."""
+    from clbench.strategies.catalog import StrategyEntry, builtin_entry, first_paragraph
+    from clbench.strategies.registry import BUILTIN_MODULES, strategy_ref
 
     if name in BUILTIN_MODULES:
-        entry = builtin_entry(name)
-        return entry.scenarios, entry.hyperparameters, None
+        return builtin_entry(name), BUILTIN_MODULES[name], None
     from clbench.runners.sweep import resolve_strategy
 
     cls = resolve_strategy(name)
-    return cls.scenarios, cls.hyperparameters(), cls
+    summary = first_paragraph(inspect.cleandoc(cls.__dict__.get("__doc__") or ""))  # not a base class's
+    entry = StrategyEntry(cls.name, frozenset(cls.scenarios), cls.hyperparameters(), summary)
+    return entry, strategy_ref(cls), getattr(cls, "tune_grid", None)
 
 
 def _describe_strategy(name: str) -> None:
     """One strategy in full: display name, where it comes from, summary, scenarios, hyperparameters, tune grid."""
-    from clbench.strategies.catalog import builtin_entry, first_paragraph
-    from clbench.strategies.registry import BUILTIN_MODULES, strategy_ref
-
-    scenarios, hyperparameters, cls = _strategy_description(name)
-    if cls is None:
-        entry = builtin_entry(name)
-        shown, ref, summary, grid = name, BUILTIN_MODULES[name], entry.summary, None
-    else:
-        shown, ref = cls.name, strategy_ref(cls)
-        summary = first_paragraph(inspect.cleandoc(cls.__dict__.get("__doc__") or ""))  # not a base class's
-        grid = getattr(cls, "tune_grid", None)
-    print(f"{shown}  ({ref})")
-    if summary:
-        print(textwrap.fill(summary, 118, initial_indent="  ", subsequent_indent="  "))
-    print(f"  scenarios: {', '.join(sorted(scenarios))}")
-    print("  hyperparameters (--set NAME=VALUE):" if hyperparameters else "  hyperparameters: none")
-    for hp in hyperparameters.values():
+    entry, ref, grid = _strategy_description(name)
+    print(f"{entry.name}  ({ref})")
+    if entry.summary:
+        print(textwrap.fill(entry.summary, 118, initial_indent="  ", subsequent_indent="  "))
+    print(f"  scenarios: {', '.join(sorted(entry.scenarios))}")
+    print("  hyperparameters (--set NAME=VALUE):" if entry.hyperparameters else "  hyperparameters: none")
+    for hp in entry.hyperparameters.values():
         print(f"    {hp.name} = {hp.default!r}  ({hp.type_name})")
     if grid:
         print(f"  tune_grid (clbench bench searches it): {grid}")
@@ -510,6 +503,7 @@ def format_leaderboard(board: pd.DataFrame) -> str:
     with failed runs its "2/3 ok" status; under it each configuration's first failure and a footnote per metric that
     is n/a in a scenario shown (tables.NOT_APPLICABLE)."""
     from clbench.metrics import tables
+
     if board.empty:
         return "(no finished runs)"
     # format_mean_sem leaves out the metrics the board lacks: acc_taw (class-IL), min_acc and wc_acc (curves)
@@ -1092,10 +1086,11 @@ def cmd_completion(args) -> int:
                                   for kind, names in words.items())}
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    kinds = {"benchmark": "benchmark", "scenario": "scenario", "strategy": "strategy", "strategies": "strategy",
+             "suite": "suite"}  # an option's dest -> the names it takes
     for command_parser in subparsers.choices.values():
         for action in command_parser._actions:
-            kind = {"benchmark": "benchmark", "scenario": "scenario", "strategy": "strategy",
-                    "strategies": "strategy", "suite": "suite"}.get(action.dest)
+            kind = kinds.get(action.dest)
             if kind:
                 action.complete = {"bash": f"_clbench_{kind}", "zsh": f"({' '.join(words[kind])})"}
             elif action.dest in ("out", "output", "log", "file"):

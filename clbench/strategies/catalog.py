@@ -86,18 +86,31 @@ def _bases(module: str, node: ast.ClassDef):
             yield from ((other, n) for n in other_tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
 
 
-def _class_attribute(module: str, node: ast.ClassDef, attribute: str):
-    """The value node of `attribute = ...` in the class or the first base (in MRO-like order) that sets it."""
-    for statement in node.body:
-        if isinstance(statement, (ast.Assign, ast.AnnAssign)):
-            targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
-            if any(getattr(t, "id", None) == attribute for t in targets) and statement.value is not None:
-                return statement.value
+def _inherited(module: str, node: ast.ClassDef, own):
+    """`own(class node)` of the class, else of the first base (depth first, as the MRO reads single inheritance)
+    that has one; None if none has."""
+    found = own(node)
+    if found is not None:
+        return found
     for base_module, base in _bases(module, node):
-        found = _class_attribute(base_module, base, attribute)
+        found = _inherited(base_module, base, own)
         if found is not None:
             return found
     return None
+
+
+def _class_attribute(module: str, node: ast.ClassDef, attribute: str):
+    """The value node of `attribute = ...` in the class or the first base that sets it."""
+
+    def own(cls: ast.ClassDef):
+        for statement in cls.body:
+            if isinstance(statement, (ast.Assign, ast.AnnAssign)):
+                targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+                if any(getattr(t, "id", None) == attribute for t in targets) and statement.value is not None:
+                    return statement.value
+        return None
+
+    return _inherited(module, node, own)
 
 
 def _scenarios(value: ast.expr | None) -> frozenset[str]:
@@ -109,14 +122,8 @@ def _scenarios(value: ast.expr | None) -> frozenset[str]:
 
 
 def _constructor(module: str, node: ast.ClassDef) -> ast.FunctionDef | None:
-    for statement in node.body:
-        if isinstance(statement, ast.FunctionDef) and statement.name == "__init__":
-            return statement
-    for base_module, base in _bases(module, node):
-        found = _constructor(base_module, base)
-        if found is not None:
-            return found
-    return None
+    return _inherited(module, node, lambda cls: next(
+        (s for s in cls.body if isinstance(s, ast.FunctionDef) and s.name == "__init__"), None))
 
 
 def _hyperparameters(module: str, node: ast.ClassDef) -> dict[str, Hyperparameter]:
